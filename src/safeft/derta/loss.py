@@ -1,0 +1,76 @@
+"""The DeRTa objective.
+
+For a batch with MLE positions M (helpful answers, refusals after a harmful prefix) and RTO positions
+R (every position of a harmful answer, target = the refusal token r):
+
+    L_MLE = -(1/|M|) sum_{t in M} log p(y_t | x_<=t)
+    L_RTO = -(1/|R'|) sum_{t in R'} log p(r | x_<=t),   R' = a random ``rto_keep_ratio`` share of R
+
+``token_mean`` (the reference) minimises ``(|M| L_MLE + |R'| L_RTO) / (|M| + |R'|)``, the mean over all
+supervised tokens of the batch; ``weighted`` minimises ``L_MLE + rto_weight * L_RTO``. ``rto_keep_ratio
+= 1`` is the paper's formula (every position); the reference trainer keeps 5% per step. R' is drawn
+from torch's global RNG, which the Trainer seeds and stores in checkpoints, so resumed runs draw the
+same positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from safeft.data.chat import KIND_MLE, KIND_RTO
+from safeft.training.token_loss import token_losses
+
+
+@dataclass
+class DeRTaLoss:
+    loss: torch.Tensor
+    mle_loss: float | None
+    rto_loss: float | None
+    rto_accuracy: float | None  # share of supervised harmful positions whose argmax is the refusal token
+    mle_tokens: int
+    rto_tokens: int
+
+
+def derta_loss(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    rto_keep_ratio: float = 0.05,
+    weighting: str = "token_mean",
+    rto_weight: float = 1.0,
+) -> DeRTaLoss:
+    kinds, targets = batch["kinds"], batch["targets"]
+    mle = kinds == KIND_MLE
+    rto = kinds == KIND_RTO
+    if rto_keep_ratio < 1.0:
+        rto = rto & (torch.rand(kinds.shape, device=kinds.device) < rto_keep_ratio)
+    select = mle | rto
+    if not bool(select.any()):
+        # Nothing supervised survived the draw: a zero loss that still touches every parameter (DDP).
+        zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+        return DeRTaLoss(zero, None, None, None, 0, 0)
+    losses, logits = token_losses(model, batch["input_ids"], batch["attention_mask"], targets, select)
+    is_rto = rto[select]
+    n_rto = int(is_rto.sum())
+    n_mle = losses.numel() - n_rto
+    mle_part = losses[~is_rto]
+    rto_part = losses[is_rto]
+    if weighting == "token_mean":
+        loss = losses.mean()
+    elif weighting == "weighted":
+        loss = (mle_part.mean() if n_mle else 0.0) + (rto_weight * rto_part.mean() if n_rto else 0.0)
+    else:
+        raise ValueError(f"weighting must be 'token_mean' or 'weighted', got {weighting!r}")
+    with torch.no_grad():
+        accuracy = None
+        if n_rto:
+            accuracy = float((logits[is_rto].argmax(-1) == targets[select][is_rto]).float().mean())
+    return DeRTaLoss(
+        loss=loss,
+        mle_loss=float(mle_part.detach().mean()) if n_mle else None,
+        rto_loss=float(rto_part.detach().mean()) if n_rto else None,
+        rto_accuracy=accuracy,
+        mle_tokens=n_mle,
+        rto_tokens=n_rto,
+    )

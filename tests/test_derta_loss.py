@@ -1,0 +1,94 @@
+"""The DeRTa loss against a dense, full-vocabulary reference computation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from conftest import make_tiny_model
+from safeft.data.chat import IGNORE, KIND_MLE, KIND_NONE, KIND_RTO
+from safeft.derta.loss import derta_loss
+from safeft.training.base import PaddingCollator
+
+VOCAB = 97
+SORRY = 5
+
+
+def batch() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for length, kind in [(12, KIND_MLE), (20, KIND_RTO), (7, KIND_MLE)]:
+        ids = torch.randint(10, VOCAB, (length,), generator=g).tolist()
+        start = 3
+        if kind == KIND_MLE:
+            targets = [IGNORE] * start + ids[start + 1 :] + [IGNORE]
+        else:
+            targets = [IGNORE] * start + [SORRY] * (length - start)
+        kinds = [KIND_NONE] * start + [kind] * (length - start)
+        kinds = [k if t != IGNORE else KIND_NONE for k, t in zip(kinds, targets, strict=True)]
+        rows.append({"input_ids": ids, "targets": targets, "kinds": kinds})
+    return PaddingCollator(pad_token_id=0)(rows)
+
+
+def dense_losses(model, b):
+    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
+    ce = F.cross_entropy(logits.transpose(1, 2), b["targets"].clamp(min=0), reduction="none")
+    return ce, logits
+
+
+def test_sparse_loss_equals_dense_loss_at_full_keep_ratio():
+    model = make_tiny_model(VOCAB)
+    b = batch()
+    out = derta_loss(model, b, rto_keep_ratio=1.0)
+    ce, logits = dense_losses(model, b)
+    mle, rto = b["kinds"] == KIND_MLE, b["kinds"] == KIND_RTO
+    torch.testing.assert_close(out.loss, ce[mle | rto].mean(), rtol=1e-5, atol=1e-5)
+    assert abs(out.mle_loss - float(ce[mle].mean())) < 1e-5
+    assert abs(out.rto_loss - float(ce[rto].mean())) < 1e-5
+    assert out.rto_tokens == int(rto.sum()) and out.mle_tokens == int(mle.sum())
+    expected_acc = float((logits[rto].argmax(-1) == SORRY).float().mean())
+    assert abs(out.rto_accuracy - expected_acc) < 1e-6
+
+
+def test_gradients_match_dense_loss():
+    model = make_tiny_model(VOCAB)
+    b = batch()
+    derta_loss(model, b, rto_keep_ratio=1.0).loss.backward()
+    sparse_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    ce, _ = dense_losses(model, b)
+    ce[b["kinds"] != KIND_NONE].mean().backward()
+    for g_sparse, p in zip(sparse_grads, model.parameters(), strict=True):
+        torch.testing.assert_close(g_sparse, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_weighted_loss_formula():
+    model = make_tiny_model(VOCAB)
+    b = batch()
+    out = derta_loss(model, b, rto_keep_ratio=1.0, weighting="weighted", rto_weight=0.5)
+    assert abs(float(out.loss) - (out.mle_loss + 0.5 * out.rto_loss)) < 1e-5
+
+
+def test_keep_ratio_supervises_a_random_share_of_rto_positions():
+    model = make_tiny_model(VOCAB)
+    b = batch()
+    torch.manual_seed(0)
+    counts = [derta_loss(model, b, rto_keep_ratio=0.25).rto_tokens for _ in range(200)]
+    total = int((b["kinds"] == KIND_RTO).sum())
+    mean_share = sum(counts) / len(counts) / total
+    assert abs(mean_share - 0.25) < 0.03
+    assert all(derta_loss(model, b, rto_keep_ratio=0.25).mle_tokens == int((b["kinds"] == KIND_MLE).sum())
+               for _ in range(3))
+    torch.manual_seed(7)
+    first = derta_loss(model, b, rto_keep_ratio=0.25).loss
+    torch.manual_seed(7)
+    assert torch.equal(first, derta_loss(model, b, rto_keep_ratio=0.25).loss)  # reproducible draw
+
+
+def test_empty_selection_gives_zero_loss_with_a_graph():
+    model = make_tiny_model(VOCAB)
+    b = batch()
+    b["kinds"].fill_(KIND_NONE)
+    out = derta_loss(model, b)
+    assert float(out.loss) == 0.0 and out.loss.requires_grad
+    out.loss.backward()
