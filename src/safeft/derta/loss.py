@@ -47,9 +47,12 @@ def derta_loss(
         rto = rto & (torch.rand(kinds.shape, device=kinds.device) < rto_keep_ratio)
     select = mle | rto
     if not bool(select.any()):
-        # Nothing supervised survived the draw: a zero loss that still touches every parameter (DDP).
-        zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
-        return DeRTaLoss(zero, None, None, None, 0, 0)
+        # Nothing supervised survived the draw. Still run the forward through ``model`` (DDP expects a
+        # forward + backward on every rank each step) and return a zero loss on one position.
+        select = torch.zeros_like(select)
+        select[0, 0] = True
+        losses, _ = token_losses(model, batch["input_ids"], batch["attention_mask"], targets.clamp(min=0), select)
+        return DeRTaLoss(losses.sum() * 0.0, None, None, None, 0, 0)
     losses, logits = token_losses(model, batch["input_ids"], batch["attention_mask"], targets, select)
     is_rto = rto[select]
     n_rto = int(is_rto.sum())

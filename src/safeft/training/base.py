@@ -84,6 +84,11 @@ class TrainConfig:
             raise ConfigError(f"lora.r must be >= 1, got {self.lora.r}")
 
 
+def has_accelerator() -> bool:
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or torch.backends.mps.is_available() or bool(xpu and xpu.is_available())
+
+
 def use_bf16(precision: str) -> bool:
     if precision == "bf16":
         return True
@@ -217,6 +222,9 @@ def training_arguments(config: TrainConfig, **overrides: Any) -> TrainingArgumen
         "dataloader_num_workers": config.dataloader_num_workers,
         "ddp_find_unused_parameters": False,
         "disable_tqdm": False,
+        # Without an accelerator, accelerate only sets up torchrun's process group (gloo) when told
+        # that CPU is the device; otherwise each rank would silently train alone.
+        "use_cpu": not has_accelerator(),
     }
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)

@@ -1,0 +1,85 @@
+"""DeRTaTrainer end to end on a tiny random model: outputs, metrics, resume, bad recipes."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from derta_tiny import tiny_recipe
+from safeft.cli import main
+from safeft.models import load_model_and_tokenizer
+
+
+def test_train_writes_adapter_merged_model_metrics_and_check(tmp_path, tiny_model_dir, capsys):
+    recipe = tiny_recipe(tmp_path, tiny_model_dir)
+    assert main(["train", "--config", str(recipe)]) == 0
+    run = tmp_path / "run"
+    for name in ("adapter/adapter_model.safetensors", "merged/config.json", "recipe.yaml", "data_stats.json",
+                 "check_before.jsonl", "check_after.jsonl", "split.json", "train_log.json"):
+        assert (run / name).exists(), name
+    log = json.loads((run / "train_log.json").read_text())
+    steps = [e for e in log if "loss" in e]
+    assert len(steps) == 4
+    # each part is logged separately (a step whose batch holds no RTO row logs no rto_loss)
+    assert all("mle_loss" in e or "rto_loss" in e for e in steps)
+    assert any({"rto_loss", "rto_accuracy"} <= set(e) for e in steps)
+    assert any("mle_loss" in e for e in steps)
+    stats = json.loads((run / "data_stats.json").read_text())
+    assert stats["rows"] == {"prefix": 12, "rto": 12, "helpful": 8}
+    # the check prompts never overlap the training prompts
+    split = json.loads((run / "split.json").read_text())
+    assert split["check_harmful"] == [] and len(split["check_benign"]) == 3
+    printed = capsys.readouterr().out
+    assert "benign (over-refusal)" in printed
+    # LoRA moved the weights: merged != original
+    original, _ = load_model_and_tokenizer(tiny_model_dir)
+    merged, _ = load_model_and_tokenizer(run / "merged")
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(original.state_dict()[q], merged.state_dict()[q])
+    assert torch.equal(original.state_dict()["model.embed_tokens.weight"], merged.state_dict()["model.embed_tokens.weight"])
+    assert "lora_B" in " ".join(load_file(run / "adapter/adapter_model.safetensors"))
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir, caplog):
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, max_steps=2, check={"enabled": False})
+    assert main(["train", "--config", str(recipe)]) == 0
+    run = tmp_path / "run"
+    assert (run / "checkpoints/checkpoint-2").is_dir()
+    caplog.set_level(logging.INFO)
+    assert main(["train", "--config", str(recipe), "--max_steps", "4"]) == 0
+    assert any("resuming from" in r.message and "checkpoint-2" in r.message for r in caplog.records)
+    log = json.loads((run / "train_log.json").read_text())
+    assert [e["step"] for e in log if "loss" in e] == [1, 2, 3, 4]  # steps 1-2 come from the checkpoint
+    assert (run / "checkpoints/checkpoint-4").is_dir()
+
+
+def test_bad_recipes_fail_with_clear_messages(tmp_path, tiny_model_dir, capsys):
+    recipe = tiny_recipe(tmp_path, tiny_model_dir)
+    assert main(["train", "--config", str(recipe), "--rto_keep_ratio", "0"]) == 2
+    assert "rto_keep_ratio must be in (0, 1]" in capsys.readouterr().err
+    assert main(["train", "--config", str(recipe), "--lora.target_modules", "nope_proj"]) == 2
+    assert "match no module" in capsys.readouterr().err
+    assert main(["train", "--config", str(recipe), "--model", "not-a-model"]) == 2
+    assert "unknown model 'not-a-model'" in capsys.readouterr().err
+    assert main(["train", "--config", str(recipe), "--no_such_field", "1"]) == 2
+    assert "unknown field(s) ['no_such_field']" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_derta_recipe_runs_on_the_embedded_model(tmp_path):
+    """A few real steps on SmolLM2 with the shipped recipe and the shared data files."""
+    from conftest import shared_file
+
+    data_dir = shared_file("pyrit/many_shot_examples.json").parents[1]
+    code = main([
+        "train", "--config", "recipes/derta_smollm2.yaml", "--output_dir", str(tmp_path / "run"),
+        "--data_dir", str(data_dir), "--max_steps", "3", "--self_distill", "[]",
+        "--check.n", "4", "--check.max_new_tokens", "8", "--max_length", "128",
+    ])
+    assert code == 0
+    check = json.loads((tmp_path / "run/check_after.json").read_text())
+    assert check["harmful_direct"]["n"] == 4 and check["benign"]["n"] == 4
