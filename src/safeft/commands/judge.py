@@ -1,0 +1,179 @@
+"""``safeft judge``: train, inspect and score response judges.
+
+    safeft judge train --data xstest --data pyrit --out judges/minilm [--seed 0] [--test-fraction 0.2]
+    safeft judge show judges/minilm
+    safeft judge score --data FILE.csv --judge classifier --head judges/minilm
+
+``train`` fits the classifier judge's logistic head on human-labelled responses (named sets are
+looked up under ``--data-root`` / ``$SAFEFT_DATA_DIR`` / ``shared/data``), splitting by prompt,
+and writes ``head.safetensors`` + ``judge.json`` with held-out accuracy/F1/precision/recall.
+``score`` measures a judge (``keyword`` or ``classifier``) against the labels of a set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="SET",
+        help="xstest | pyrit | FILE.csv | DIR of CSVs; repeat or comma-separate to combine",
+    )
+    p.add_argument(
+        "--data-root", help="folder holding xstest/ and pyrit/ (default $SAFEFT_DATA_DIR or shared/data)"
+    )
+    p.add_argument(
+        "--partial",
+        choices=["refusal", "compliant", "drop"],
+        default="refusal",
+        help="label for XSTest 3_partial_refusal rows (default: refusal, as XSTest counts them)",
+    )
+
+
+def register(subparsers: Any) -> None:
+    """Add ``safeft judge {train,show,score}``."""
+    parser = subparsers.add_parser("judge", help="train / inspect / score response judges")
+    sub = parser.add_subparsers(dest="judge_command", required=True, metavar="ACTION")
+
+    train = sub.add_parser("train", help="train the classifier judge's head on labelled responses")
+    _data_args(train)
+    train.add_argument("--out", required=True, help="output folder (head.safetensors + judge.json)")
+    train.add_argument("--seed", type=int, default=0, help="seed of the train/test split by prompt")
+    train.add_argument(
+        "--test-fraction", type=float, default=0.2, help="share of rows held out (default 0.2)"
+    )
+    train.add_argument(
+        "--input",
+        dest="input_mode",
+        choices=["auto", "response", "prompt+response"],
+        default="response",
+        help="what is embedded (default response; auto: pick by validation accuracy on training prompts)",
+    )
+    train.add_argument("--l2", type=float, default=None, help="L2 strength (default: chosen on validation)")
+    train.add_argument("--threshold", type=float, default=0.5, help="P(compliant) threshold (default 0.5)")
+    train.add_argument("--batch-size", type=int, default=32, help="embedding batch size")
+    train.set_defaults(handler=run_train)
+
+    show = sub.add_parser("show", help="print a trained head's metadata summary")
+    show.add_argument("head", help="folder written by `safeft judge train`")
+    show.set_defaults(handler=run_show)
+
+    score = sub.add_parser("score", help="measure a judge against a labelled set")
+    _data_args(score)
+    score.add_argument("--judge", choices=["keyword", "classifier"], default="classifier")
+    score.add_argument("--head", help="classifier head folder (for --judge classifier)")
+    score.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    score.set_defaults(handler=run_score)
+
+
+def _specs(values: list[str]) -> list[str]:
+    return [s.strip() for v in values for s in v.split(",") if s.strip()]
+
+
+def _fmt(m: dict[str, Any]) -> str:
+    lo, hi = m["accuracy_ci95"]
+    return (
+        f"n={m['n']} accuracy={m['accuracy']:.3f} [95% CI {lo:.3f}-{hi:.3f}] "
+        f"F1={m['f1']:.3f} precision={m['precision']:.3f} recall={m['recall']:.3f} (positive=compliant)"
+    )
+
+
+def _summary(meta: dict[str, Any]) -> str:
+    lines = [
+        f"classifier judge: {meta['embedder']} [{meta['input_mode']}] l2={meta['l2']:g} "
+        f"threshold={meta['threshold']}",
+        f"data: {'+'.join(meta['data'].get('specs', [])) or '?'} n={meta['n']} "
+        f"(train {meta['n_train']}, held-out {meta['n_test']} rows / {meta['n_test_prompts']} prompts), "
+        f"seed={meta['seed']}, labels={meta['labels']}",
+        f"held-out:      {_fmt(meta['heldout'])}",
+    ]
+    for src, m in meta.get("heldout_by_source", {}).items():
+        lines.append(f"  {src + ':':12} {_fmt(m)}")
+    if "keyword_baseline_heldout" in meta:
+        lines.append(f"keyword judge: {_fmt(meta['keyword_baseline_heldout'])}  (same held-out rows)")
+    for src, m in meta.get("keyword_baseline_by_source", {}).items():
+        lines.append(f"  {src + ':':12} {_fmt(m)}")
+    return "\n".join(lines)
+
+
+def run_train(args: argparse.Namespace, extra: list[str]) -> int:
+    """Load the labelled sets, train, save, print the held-out metrics."""
+    from safeft.eval.judges.classifier import MiniLMEmbedder, train_classifier
+    from safeft.eval.judges.labelled_data import load_labelled
+
+    records, info = load_labelled(_specs(args.data), data_root=args.data_root, partial=args.partial)
+    log.info(
+        "loaded %d labelled responses (%d prompts; %d duplicates dropped, %d conflicts)",
+        info["n"],
+        info["groups"],
+        info["duplicates"],
+        info["conflicts"],
+    )
+    meta = train_classifier(
+        records,
+        args.out,
+        MiniLMEmbedder(batch_size=args.batch_size),
+        seed=args.seed,
+        test_fraction=args.test_fraction,
+        input_mode=args.input_mode,
+        l2=args.l2,
+        threshold=args.threshold,
+        data_info=info,
+    )
+    print(_summary(meta))
+    print(f"saved to {Path(args.out) / 'judge.json'}")
+    return 0
+
+
+def run_show(args: argparse.Namespace, extra: list[str]) -> int:
+    """Print the summary of a saved head."""
+    path = Path(args.head) / "judge.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    print(_summary(json.loads(path.read_text())))
+    return 0
+
+
+def run_score(args: argparse.Namespace, extra: list[str]) -> int:
+    """Score a judge against every row of the given labelled sets."""
+    from safeft.eval.judges.classifier import ClassifierJudge, binary_metrics
+    from safeft.eval.judges.keyword import KeywordJudge
+    from safeft.eval.judges.labelled_data import load_labelled
+
+    records, info = load_labelled(_specs(args.data), data_root=args.data_root, partial=args.partial)
+    if args.judge == "classifier":
+        if not args.head:
+            raise ValueError("--judge classifier needs --head DIR")
+        judge: Any = ClassifierJudge.load(args.head)
+        trained = {f["sha256"] for f in judge.metadata.get("data", {}).get("files", [])}
+        overlap = sorted({f["file"] for f in info["files"] if f["sha256"] in trained})
+        if overlap:
+            log.warning(
+                "%d of these files were used to train the head (%s...): this score is not held-out; "
+                "see `safeft judge show` for the honest one",
+                len(overlap),
+                overlap[0],
+            )
+    else:
+        judge = KeywordJudge()
+    verdicts = judge.judge_many([(r.prompt, r.response) for r in records])
+    y_true = [int(r.label == "compliant") for r in records]
+    y_pred = [int(v.label == "compliant") for v in verdicts]
+    metrics = binary_metrics(y_true, y_pred)
+    metrics["judge"] = judge.name
+    metrics["data"] = info["specs"]
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(f"{judge.name} judge on {'+'.join(info['specs'])}: {_fmt(metrics)}")
+    return 0
