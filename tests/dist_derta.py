@@ -25,9 +25,16 @@ def main(recipe: str, out: str) -> None:
     model, tokenizer = load_for_training(config)
     examples, _ = build_derta_examples(load_safety_data(config), [], ChatFormat(tokenizer), seed=config.seed)
     trainer = run_trainer(config, DeRTaTrainer, model, tokenizer, examples, derta_config=config)
-    weights = {n: p.detach().clone().contiguous() for n, p in trainer.model.named_parameters() if "lora_" in n}
-    save_file({n.replace("module.", ""): w for n, w in weights.items()}, f"{out}/rank{os.environ['RANK']}.safetensors")
-    print(f"rank {trainer.args.process_index} of {trainer.args.world_size}: {trainer.state.global_step} steps")
+    weights = {
+        n: p.detach().clone().contiguous() for n, p in trainer.model.named_parameters() if "lora_" in n
+    }
+    save_file(
+        {n.replace("module.", ""): w for n, w in weights.items()},
+        f"{out}/rank{os.environ['RANK']}.safetensors",
+    )
+    print(
+        f"rank {trainer.args.process_index} of {trainer.args.world_size}: {trainer.state.global_step} steps"
+    )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from conftest import shared_file
 from safeft.config import ConfigError, from_dict, load_recipe, parse_overrides
 from safeft.data.records import DataError, read_rows
 from safeft.data.refusals import DEFAULT_REFUSALS, RefusalPool
@@ -21,6 +20,8 @@ from safeft.models import (
     resolve_model,
     save_model,
 )
+
+from conftest import shared_file
 
 
 @dataclass
@@ -64,7 +65,7 @@ def test_unknown_model_names_list_what_is_valid(tmp_path):
         resolve_model("no such model!")
     with pytest.raises(ModelNotFoundError, match="GGUF file not found"):
         resolve_model(tmp_path / "x.gguf")
-    with pytest.raises(ModelNotFoundError, match="no config.json"):
+    with pytest.raises(ModelNotFoundError, match=r"no config\.json"):
         resolve_model(tmp_path)
     assert resolve_model("org/some-model").kind == "hub"
     embedded = resolve_model("smollm2-135m-instruct")
@@ -114,7 +115,7 @@ def test_read_rows_formats_and_errors(tmp_path):
     with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON"):
         list(read_rows(tmp_path / "bad.jsonl"))
     (tmp_path / "d.parquet").write_text("x")
-    with pytest.raises(DataError, match="unsupported file type '.parquet'"):
+    with pytest.raises(DataError, match=r"unsupported file type '\.parquet'"):
         list(read_rows(tmp_path / "d.parquet"))
 
 

@@ -126,7 +126,9 @@ def test_bad_rows_name_origin_and_field(fmt):
     ],
 )
 def test_ablation_switches(fmt, prefix, rto, expected):
-    triples = [SafetyTriple(f"q{i}?", "one two three four five six seven", "Sorry.", f"f:{i}") for i in range(3)]
+    triples = [
+        SafetyTriple(f"q{i}?", "one two three four five six seven", "Sorry.", f"f:{i}") for i in range(3)
+    ]
     examples, stats = build_derta_examples(triples, [], fmt, prefix=prefix, rto=rto, seed=1)
     counts = {t: sum(e.row_type == t for e in examples) for t in ("prefix", "rto", "helpful")}
     assert counts == expected

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from conftest import make_tiny_model
 from safeft.data.chat import IGNORE, KIND_MLE, KIND_NONE, KIND_RTO
 from safeft.derta.loss import derta_loss
 from safeft.training.base import PaddingCollator
+
+from conftest import make_tiny_model
 
 VOCAB = 97
 SORRY = 5
@@ -77,8 +78,10 @@ def test_keep_ratio_supervises_a_random_share_of_rto_positions():
     total = int((b["kinds"] == KIND_RTO).sum())
     mean_share = sum(counts) / len(counts) / total
     assert abs(mean_share - 0.25) < 0.03
-    assert all(derta_loss(model, b, rto_keep_ratio=0.25).mle_tokens == int((b["kinds"] == KIND_MLE).sum())
-               for _ in range(3))
+    assert all(
+        derta_loss(model, b, rto_keep_ratio=0.25).mle_tokens == int((b["kinds"] == KIND_MLE).sum())
+        for _ in range(3)
+    )
     torch.manual_seed(7)
     first = derta_loss(model, b, rto_keep_ratio=0.25).loss
     torch.manual_seed(7)

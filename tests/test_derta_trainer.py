@@ -9,17 +9,26 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from derta_tiny import tiny_recipe
 from safeft.cli import main
 from safeft.models import load_model_and_tokenizer
+
+from derta_tiny import tiny_recipe
 
 
 def test_train_writes_adapter_merged_model_metrics_and_check(tmp_path, tiny_model_dir, capsys):
     recipe = tiny_recipe(tmp_path, tiny_model_dir)
     assert main(["train", "--config", str(recipe)]) == 0
     run = tmp_path / "run"
-    for name in ("adapter/adapter_model.safetensors", "merged/config.json", "recipe.yaml", "data_stats.json",
-                 "check_before.jsonl", "check_after.jsonl", "split.json", "train_log.json"):
+    for name in (
+        "adapter/adapter_model.safetensors",
+        "merged/config.json",
+        "recipe.yaml",
+        "data_stats.json",
+        "check_before.jsonl",
+        "check_after.jsonl",
+        "split.json",
+        "train_log.json",
+    ):
         assert (run / name).exists(), name
     log = json.loads((run / "train_log.json").read_text())
     steps = [e for e in log if "loss" in e]
@@ -40,7 +49,9 @@ def test_train_writes_adapter_merged_model_metrics_and_check(tmp_path, tiny_mode
     merged, _ = load_model_and_tokenizer(run / "merged")
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(original.state_dict()[q], merged.state_dict()[q])
-    assert torch.equal(original.state_dict()["model.embed_tokens.weight"], merged.state_dict()["model.embed_tokens.weight"])
+    assert torch.equal(
+        original.state_dict()["model.embed_tokens.weight"], merged.state_dict()["model.embed_tokens.weight"]
+    )
     assert "lora_B" in " ".join(load_file(run / "adapter/adapter_model.safetensors"))
 
 
@@ -75,11 +86,27 @@ def test_derta_recipe_runs_on_the_embedded_model(tmp_path):
     from conftest import shared_file
 
     data_dir = shared_file("pyrit/many_shot_examples.json").parents[1]
-    code = main([
-        "train", "--config", "recipes/derta_smollm2.yaml", "--output_dir", str(tmp_path / "run"),
-        "--data_dir", str(data_dir), "--max_steps", "3", "--self_distill", "[]",
-        "--check.n", "4", "--check.max_new_tokens", "8", "--max_length", "128",
-    ])
+    code = main(
+        [
+            "train",
+            "--config",
+            "recipes/derta_smollm2.yaml",
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--data_dir",
+            str(data_dir),
+            "--max_steps",
+            "3",
+            "--self_distill",
+            "[]",
+            "--check.n",
+            "4",
+            "--check.max_new_tokens",
+            "8",
+            "--max_length",
+            "128",
+        ]
+    )
     assert code == 0
     check = json.loads((tmp_path / "run/check_after.json").read_text())
     assert check["harmful_direct"]["n"] == 4 and check["benign"]["n"] == 4

@@ -20,8 +20,18 @@ HERE = Path(__file__).parent
 def test_two_ranks_agree_on_final_weights(tmp_path, tiny_model_dir):
     recipe = tiny_recipe(tmp_path, tiny_model_dir, check={"enabled": False}, max_steps=3, save_steps=100)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           str(HERE / "dist_derta.py"), str(recipe), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        str(HERE / "dist_derta.py"),
+        str(recipe),
+        str(tmp_path),
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank 0 of 2: 3 steps" in result.stdout and "rank 1 of 2: 3 steps" in result.stdout

@@ -47,7 +47,9 @@ def load_check_sets(cfg: CheckConfig, data_dir: str | None, exclude_prompts: set
         for t in load_safety_triples(cfg.harmful, refusal_for=lambda _: "Sorry.", data_dir=data_dir)
         if normalise(t.prompt) not in exclude_prompts
     ][: cfg.n]
-    benign = [p for p in load_prompts(cfg.benign, data_dir) if normalise(p[1]) not in exclude_prompts][: cfg.n]
+    benign = [p for p in load_prompts(cfg.benign, data_dir) if normalise(p[1]) not in exclude_prompts][
+        : cfg.n
+    ]
     return CheckSets(harmful, benign)
 
 
@@ -64,13 +66,16 @@ def run_check(model, tokenizer, cfg: CheckConfig, sets: CheckSets, out_file: Pat
         model, tokenizer, GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
     )
     prefills = [
-        tokenizer.decode(tokenizer(t.harmful_response, add_special_tokens=False)["input_ids"][: cfg.prefill_tokens])
+        tokenizer.decode(
+            tokenizer(t.harmful_response, add_special_tokens=False)["input_ids"][: cfg.prefill_tokens]
+        )
         for t in sets.harmful
     ]
     groups = {
         "harmful_direct": [(t.origin, Conversation.user(t.prompt)) for t in sets.harmful],
         "harmful_prefill": [
-            (t.origin, Conversation.user(t.prompt, prefill=p)) for t, p in zip(sets.harmful, prefills, strict=True)
+            (t.origin, Conversation.user(t.prompt, prefill=p))
+            for t, p in zip(sets.harmful, prefills, strict=True)
         ],
         "benign": [(pid, Conversation.user(prompt)) for pid, prompt in sets.benign],
     }
@@ -80,9 +85,14 @@ def run_check(model, tokenizer, cfg: CheckConfig, sets: CheckSets, out_file: Pat
     with out_file.open("w") as f, torch.inference_mode():
         for name, items in groups.items():
             responses = generator.generate([c for _, c in items])
-            verdicts = [judge.judge(c.messages[-1]["content"], r) for (_, c), r in zip(items, responses, strict=True)]
+            verdicts = [
+                judge.judge(c.messages[-1]["content"], r) for (_, c), r in zip(items, responses, strict=True)
+            ]
             for (row_id, _), response, verdict in zip(items, responses, verdicts, strict=True):
-                f.write(json.dumps({"set": name, "id": row_id, "response": response, "label": verdict.label}) + "\n")
+                f.write(
+                    json.dumps({"set": name, "id": row_id, "response": response, "label": verdict.label})
+                    + "\n"
+                )
             refused = sum(v.refused for v in verdicts)
             result[name] = {"refusal_rate": refused / max(1, len(verdicts)), "n": len(verdicts)}
     out_file.with_suffix(".json").write_text(json.dumps(result, indent=1))
@@ -101,5 +111,7 @@ def format_check(before: dict, after: dict) -> str:
     ]
     for label, key, note in rows:
         b, a = before[key], after[key]
-        lines.append(f"{label:<36} {b['refusal_rate']:>6.0%}  {a['refusal_rate']:>6.0%}  {a['n']:>4}   {note}")
+        lines.append(
+            f"{label:<36} {b['refusal_rate']:>6.0%}  {a['refusal_rate']:>6.0%}  {a['n']:>4}   {note}"
+        )
     return "\n".join(lines)

@@ -75,7 +75,7 @@ def read_rows(path: str | Path, list_key: str | None = None) -> Iterator[tuple[i
         return
     if isinstance(data, dict):
         keys = [list_key] if list_key else [k for k, v in data.items() if isinstance(v, list)]
-        if not keys or list_key and list_key not in data:
+        if not keys or (list_key and list_key not in data):
             raise DataError(f"{p}: expected a JSON list of rows or a mapping with a list of rows")
         data = data[keys[0]]
     if not isinstance(data, list):

@@ -59,7 +59,9 @@ def _pyrit_harmful_only(row: dict[str, Any]) -> dict[str, Any] | None:
     return None if "not harmful" in label or "harmful" not in label else row
 
 
-_ALPACA_INSTRUCTION = re.compile(r"### Instruction:\s*(.*?)\s*(?:### Input:\s*(.*?)\s*)?### Response:\s*$", re.S)
+_ALPACA_INSTRUCTION = re.compile(
+    r"### Instruction:\s*(.*?)\s*(?:### Input:\s*(.*?)\s*)?### Response:\s*$", re.S
+)
 
 
 def _alpaca_prefix(row: dict[str, Any]) -> dict[str, Any] | None:

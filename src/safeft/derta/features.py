@@ -73,7 +73,9 @@ class DeRTaRowStats:
         return {
             "rows": dict(self.rows),
             "prefix_rows_with_k0": zero,
-            "mean_prefix_words": (sum(self.prefix_words) / len(self.prefix_words)) if self.prefix_words else 0,
+            "mean_prefix_words": (sum(self.prefix_words) / len(self.prefix_words))
+            if self.prefix_words
+            else 0,
             "rto_positions": self.rto_positions,
             "mle_tokens": self.mle_tokens,
             "truncations": dict(self.truncations.counts),

@@ -51,7 +51,9 @@ def derta_loss(
         # forward + backward on every rank each step) and return a zero loss on one position.
         select = torch.zeros_like(select)
         select[0, 0] = True
-        losses, _ = token_losses(model, batch["input_ids"], batch["attention_mask"], targets.clamp(min=0), select)
+        losses, _ = token_losses(
+            model, batch["input_ids"], batch["attention_mask"], targets.clamp(min=0), select
+        )
         return DeRTaLoss(losses.sum() * 0.0, None, None, None, 0, 0)
     losses, logits = token_losses(model, batch["input_ids"], batch["attention_mask"], targets, select)
     is_rto = rto[select]

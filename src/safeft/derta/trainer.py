@@ -73,18 +73,28 @@ class DeRTaTrainer(SafeFTTrainer):
     def compute_objective(self, model, inputs):
         cfg = self.derta_config
         out = derta_loss(model, inputs, cfg.rto_keep_ratio, cfg.loss_weighting, cfg.rto_weight)
-        return out.loss, {"mle_loss": out.mle_loss, "rto_loss": out.rto_loss, "rto_accuracy": out.rto_accuracy}
+        return out.loss, {
+            "mle_loss": out.mle_loss,
+            "rto_loss": out.rto_loss,
+            "rto_accuracy": out.rto_accuracy,
+        }
 
 
 def load_safety_data(config: DeRTaConfig) -> list[SafetyTriple]:
-    pool = RefusalPool.from_file(config.refusal_pool, config.seed) if config.refusal_pool else RefusalPool(seed=config.seed)
+    pool = (
+        RefusalPool.from_file(config.refusal_pool, config.seed)
+        if config.refusal_pool
+        else RefusalPool(seed=config.seed)
+    )
     triples: list[SafetyTriple] = []
     for source in config.safety:
         triples += load_safety_triples(source, pool.pick, config.data_dir)
     return triples
 
 
-def mix_helpful(helpful: list[HelpfulPair], n_safety: int, ratio: float | None, seed: int) -> list[HelpfulPair]:
+def mix_helpful(
+    helpful: list[HelpfulPair], n_safety: int, ratio: float | None, seed: int
+) -> list[HelpfulPair]:
     """Every helpful row once (``ratio=None``), or ``round(ratio * n_safety)`` rows cycling a shuffle."""
     if ratio is None or not helpful:
         return helpful
@@ -123,7 +133,9 @@ def self_distilled_pairs(model, tokenizer, config: DeRTaConfig, out_dir: Path) -
     if todo:
         log.info("self-distillation: the original model answers %d benign prompts", len(todo))
         generator = HFGenerator(
-            model, tokenizer, GenerationConfig(max_new_tokens=config.self_distill_max_new_tokens, batch_size=16)
+            model,
+            tokenizer,
+            GenerationConfig(max_new_tokens=config.self_distill_max_new_tokens, batch_size=16),
         )
         out_dir.mkdir(parents=True, exist_ok=True)
         with original_weights(model), torch.inference_mode(), cache.open("a") as f:
@@ -139,7 +151,11 @@ def self_distilled_pairs(model, tokenizer, config: DeRTaConfig, out_dir: Path) -
         for pid, p in prompts
         if done[pid].strip() and not is_refusal(done[pid])
     ]
-    log.info("self-distillation: kept %d of %d answers (refusals and empty answers dropped)", len(pairs), len(prompts))
+    log.info(
+        "self-distillation: kept %d of %d answers (refusals and empty answers dropped)",
+        len(pairs),
+        len(prompts),
+    )
     return pairs
 
 
@@ -196,7 +212,9 @@ def train_derta(config: DeRTaConfig) -> dict:
         if check_sets is not None:
             after = run_check(trainer.model, tokenizer, config.check, check_sets, out / "check_after.jsonl")
 
-    run_trainer(config, DeRTaTrainer, model, tokenizer, examples, after_train=after_train, derta_config=config)
+    run_trainer(
+        config, DeRTaTrainer, model, tokenizer, examples, after_train=after_train, derta_config=config
+    )
     if before and after:
         table = format_check(before, after)
         (out / "check.txt").write_text(table + "\n")

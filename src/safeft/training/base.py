@@ -185,8 +185,12 @@ def add_lora(model: PreTrainedModel, settings: LoraSettings) -> PreTrainedModel:
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [t for t in settings.target_modules if t not in names]
     if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise ConfigError(f"lora.target_modules {missing} match no module of the model; linear modules: {linear}")
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        )
+        raise ConfigError(
+            f"lora.target_modules {missing} match no module of the model; linear modules: {linear}"
+        )
     lora = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
