@@ -1,0 +1,199 @@
+"""The AsFT regulariser ``sum_layers ||(I - C) dW||_F^2`` in factorised form.
+
+For a LoRA layer dW = s B A (B: d_out x r, A: r x d_in, s = alpha/r) and a symmetric C (d_out x d_out):
+
+    ||(I - C) dW||_F^2 = s^2 tr(A^T B^T (I - C)^2 B A) = s^2 tr( (B^T (I - C)^2 B) (A A^T) )
+                       = s^2 <B^T B - 2 B^T C B + B^T C^2 B,  A A^T>_F
+
+(the last step uses tr(P Q) = <P, Q>_F for symmetric Q = A A^T). For the ``svd`` projector
+C = U_k U_k^T (C^2 = C) this is
+
+    s^2 ( tr((A A^T)(B^T B)) - ||(U_k^T B) A||_F^2 ) = s^2 <B^T B - G^T G, A A^T>_F,  G = U_k^T B,
+
+i.e. ||dW||_F^2 - ||U_k^T dW||_F^2. Only r x r and k x r products are formed (cost O((d_out k +
+d_out + d_in) r^2)), never dW (d_out x d_in) nor C (d_out x d_out). For ``paper`` (C = V V^T/||V||_F,
+not a projector, see :mod:`safeft.asft.projectors`) the same formula holds with
+B^T C B = X^T X / n and B^T C^2 B = Y^T Y / n^2, X = F^T B, Y = F X.
+
+The AsFT objective is ``task_loss + lambda * penalty`` with the penalty summed over all LoRA layers.
+:class:`AsFTPenalty` binds a :class:`~safeft.asft.direction.Direction` to a PEFT model once, groups
+layers of equal shape and evaluates each group with a handful of batched matmuls, in float32 with
+autocast off. Gradients flow into the LoRA factors only: the projector factors are constant buffers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from safeft.asft.direction import Direction, DirectionError
+from safeft.asft.projectors import VARIANTS, PaperProjector, Projector, SVDProjector
+from safeft.asft.targets import strip_peft_prefix
+
+log = logging.getLogger(__name__)
+
+
+def lora_residual(A: Tensor, B: Tensor, scale: float | Tensor, projector: Projector) -> Tensor:
+    """``||(I - C)(s B A)||_F^2`` per layer, factorised. Shapes: A (..., r, d_in), B (..., d_out, r)."""
+    KA = A @ A.mT  # (..., r, r)
+    R = projector.residual_gram(B)  # B^T (I - C)^2 B, (..., r, r)
+    scale = torch.as_tensor(scale, dtype=A.dtype, device=A.device)
+    return scale * scale * (R * KA).sum(dim=(-2, -1))
+
+
+def lora_alignment_cosine(A: Tensor, B: Tensor, projector: Projector) -> Tensor:
+    """Safe LoRA's cos(C dW, dW) = <C dW, dW>_F / (||C dW||_F ||dW||_F), factorised; s cancels.
+
+    <C dW, dW> = <B^T C B, A A^T>, ||C dW||^2 = <B^T C^2 B, A A^T>, ||dW||^2 = <B^T B, A A^T>.
+    Returns NaN where dW = 0 (no update: nothing to compare).
+    """
+    KA = A @ A.mT
+    m1, m2 = projector.grams(B)
+    inner = (m1 * KA).sum(dim=(-2, -1))
+    c_sq = (m2 * KA).sum(dim=(-2, -1)).clamp_min(0)
+    d_sq = ((B.mT @ B) * KA).sum(dim=(-2, -1)).clamp_min(0)
+    return inner / (c_sq.sqrt() * d_sq.sqrt())
+
+
+def naive_residual(A: Tensor, B: Tensor, scale: float, C: Tensor) -> Tensor:
+    """Reference: materialise dW (d_out x d_in) and C (d_out x d_out). Tests and benchmarks only."""
+    dW = scale * (B @ A)
+    return ((dW - C @ dW) ** 2).sum(dim=(-2, -1))
+
+
+def find_lora_layers(model: nn.Module, adapter_name: str = "default") -> dict[str, nn.Module]:
+    """PEFT LoRA layers of ``model`` keyed by module name without the ``base_model.model.`` prefix."""
+    found = {}
+    for name, module in model.named_modules():
+        lora_a = getattr(module, "lora_A", None)
+        if isinstance(lora_a, nn.ModuleDict) and adapter_name in lora_a:
+            found[strip_peft_prefix(name)] = module
+    return found
+
+
+@dataclass
+class _Group:
+    """LoRA layers sharing (d_out, d_in, r): one batched evaluation."""
+
+    names: list[str]
+    modules: list[nn.Module]
+    scale_sq: Tensor  # (L,)
+    projector: Projector
+    cache: dict[tuple, tuple[Projector, Tensor]] = field(default_factory=dict)
+
+    def on(self, device: torch.device) -> tuple[Projector, Tensor]:
+        key = (device.type, device.index)
+        if key not in self.cache:
+            self.cache[key] = (
+                self.projector.to(device, torch.float32),
+                self.scale_sq.to(device=device, dtype=torch.float32),
+            )
+        return self.cache[key]
+
+
+def _stack_projector(variant: str, projectors: list[Projector]) -> Projector:
+    """Batch per-layer projectors, zero-padding factor widths (zero columns leave C unchanged)."""
+    mats: list[Tensor] = [getattr(p, "U" if variant == "svd" else "F") for p in projectors]
+    width = max(m.shape[1] for m in mats)
+    padded = torch.stack([nn.functional.pad(m.float(), (0, width - m.shape[1])) for m in mats])
+    if variant == "svd":
+        return SVDProjector(padded)
+    norms = torch.stack([p.norm.float() for p in projectors])  # type: ignore[attr-defined]
+    return PaperProjector(padded, norms)
+
+
+class AsFTPenalty:
+    """``sum over LoRA layers of ||(I - C_l) dW_l||_F^2`` for a PEFT model and a direction.
+
+    Binding checks that every LoRA layer has a direction of the right shape and, with
+    ``check_weights``, that the model's base weights are the aligned weights the direction was built
+    on (||W||_F within 1e-3). Layers the direction covers but the LoRA does not are ignored.
+    ``use_lora_scale=False`` penalises B A instead of s B A (the official code's convention).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        direction: Direction,
+        variant: str = "svd",
+        rank: int | None = None,
+        adapter_name: str = "default",
+        check_weights: bool = True,
+        use_lora_scale: bool = True,
+    ):
+        if variant not in VARIANTS:
+            raise DirectionError(f"unknown projector {variant!r}; expected one of {VARIANTS}")
+        self.variant = variant
+        self.adapter_name = adapter_name
+        lora = find_lora_layers(model, adapter_name)
+        if not lora:
+            raise DirectionError("the model has no LoRA layers: AsFT needs a PEFT LoRA model")
+        missing = [n for n in lora if n not in direction.layers]
+        if missing:
+            raise DirectionError(
+                f"the direction has no entry for LoRA layer {missing[0]} ({len(missing)} of {len(lora)} "
+                f"LoRA layers missing; it covers targets {direction.info.get('targets')}). Recompute it "
+                "with --targets matching the LoRA target modules."
+            )
+        if rank is not None and rank < 1:
+            raise DirectionError(f"rank must be >= 1, got {rank}")
+        unused = len(direction.layers) - len(lora)
+        if unused:
+            log.info("direction covers %d layers the LoRA does not adapt; ignoring them", unused)
+        groups: dict[tuple[int, int, int], list[tuple[str, nn.Module, Projector, float]]] = {}
+        for name, module in lora.items():
+            A = module.lora_A[adapter_name].weight
+            B = module.lora_B[adapter_name].weight
+            base = module.get_base_layer().weight
+            if check_weights and base.is_floating_point():
+                direction.check_weight(name, base)
+            layer = direction.layers[name]
+            if (int(B.shape[0]), int(A.shape[1])) != layer.shape:
+                raise DirectionError(
+                    f"direction built for another model: LoRA layer {name} is {B.shape[0]} x {A.shape[1]}, "
+                    f"the direction has {layer.shape}"
+                )
+            scale = float(module.scaling[adapter_name]) if use_lora_scale else 1.0
+            groups.setdefault((layer.shape[0], layer.shape[1], int(A.shape[0])), []).append(
+                (name, module, layer.projector(variant, rank), scale)
+            )
+        self.groups = [
+            _Group(
+                names=[g[0] for g in items],
+                modules=[g[1] for g in items],
+                scale_sq=torch.tensor([g[3] ** 2 for g in items], dtype=torch.float32),
+                projector=_stack_projector(variant, [g[2] for g in items]),
+            )
+            for items in groups.values()
+        ]
+        self.n_layers = len(lora)
+
+    def _factors(self, group: _Group) -> tuple[Tensor, Tensor]:
+        ad = self.adapter_name
+        A = torch.stack([m.lora_A[ad].weight for m in group.modules]).float()
+        B = torch.stack([m.lora_B[ad].weight for m in group.modules]).float()
+        return A, B
+
+    def per_layer(self) -> dict[str, Tensor]:
+        """Each layer's ``||(I - C) dW||_F^2`` (differentiable)."""
+        out: dict[str, Tensor] = {}
+        for group, values in zip(self.groups, self._group_values(), strict=True):
+            out.update(zip(group.names, values.unbind(0), strict=True))
+        return out
+
+    def _group_values(self) -> list[Tensor]:
+        values = []
+        for group in self.groups:
+            A, B = self._factors(group)
+            with torch.autocast(device_type=A.device.type, enabled=False):
+                projector, scale_sq = group.on(A.device)
+                KA = A @ A.mT
+                values.append(scale_sq * (projector.residual_gram(B) * KA).sum(dim=(-2, -1)))
+        return values
+
+    def __call__(self) -> Tensor:
+        """The summed penalty (a float32 scalar with gradients into the LoRA A/B factors)."""
+        return torch.stack([v.sum() for v in self._group_values()]).sum()
