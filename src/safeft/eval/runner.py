@@ -1,0 +1,364 @@
+"""Run a suite: prompts x attacks -> cached generations -> judge verdicts -> ``results.json``.
+
+Files written to the output folder:
+
+* ``generations.jsonl`` — the generation cache (see :mod:`safeft.eval.cache`), appended to as
+  batches finish; rerunning the same command skips everything already there;
+* ``judged.jsonl`` — one row per judged response: attack, set, prompt id, category, verdict;
+* ``results.json`` — every number with its n, judge, 95 % Wilson interval and the config.
+
+Judges see the *original* request (not the attack-wrapped text) and the decoded response.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from safeft.eval.attacks import BaseAttack, expand_attacks
+from safeft.eval.attacks.pair import PairAttack
+from safeft.eval.cache import GenerationCache, generation_key
+from safeft.eval.generation import Conversation, Generator
+from safeft.eval.judges import Judge, Verdict, safe_verdicts
+from safeft.eval.metrics import asr_summary, rate, refusal_summary
+from safeft.eval.openai_backend import EndpointError
+from safeft.eval.prompts import PromptRecord, load_prompt_set, sample_records
+from safeft.eval.suite import EvalSuite, SetSpec
+from safeft.eval.tasks import get_task, load_task, task_conversation
+
+log = logging.getLogger(__name__)
+
+RESULTS_VERSION = 1
+
+
+@dataclasses.dataclass
+class ModelInfo:
+    name: str
+    fingerprint: str
+    adapter: str | None = None
+    backend: str = "hf"
+    label: str | None = None  # display name in reports
+
+    def display(self) -> str:
+        if self.label:
+            return self.label
+        base = Path(self.name).name if "/" in self.name and Path(self.name).exists() else self.name
+        return f"{base}+{Path(self.adapter).name}" if self.adapter else base
+
+
+class EvalRunner:
+    def __init__(
+        self,
+        suite: EvalSuite,
+        generator: Generator,
+        model: ModelInfo,
+        judge: Judge,
+        out_dir: str | Path,
+        limit: int | None = None,
+        seed: int | None = None,
+        attacker: Generator | None = None,
+        attacker_fingerprint: str | None = None,
+    ):
+        self.suite = suite
+        self.generator = generator
+        self.model = model
+        self.judge = judge
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.limit = limit
+        self.seed = suite.seed if seed is None else seed
+        self.cache = GenerationCache(self.out / "generations.jsonl")
+        self.gen_key = suite.generation.cache_key()
+        self.attacker = attacker
+        self.attacker_fingerprint = attacker_fingerprint
+        self.judged_rows: list[dict] = []
+
+    # -- generation through the cache ------------------------------------------------------------------
+    def generate(
+        self,
+        attack_key: str,
+        items: list[tuple[str, Conversation]],
+        generator: Generator | None = None,
+        fingerprint: str | None = None,
+    ) -> list[str]:
+        generator = generator or self.generator
+        fingerprint = fingerprint or self.model.fingerprint
+        keys = [generation_key(fingerprint, attack_key, pid, self.gen_key, conv) for pid, conv in items]
+        missing = [i for i, k in enumerate(keys) if k not in self.cache]
+        log.info("%s: %d cached, %d to generate", attack_key, len(items) - len(missing), len(missing))
+        if missing:
+
+            def on_batch(batch: list[int], texts: list[str]) -> None:
+                self.cache.put_many(
+                    [
+                        {
+                            "key": keys[missing[j]],
+                            "fingerprint": fingerprint,
+                            "attack": attack_key,
+                            "prompt_id": items[missing[j]][0],
+                            "gen": self.gen_key,
+                            "conversation": items[missing[j]][1].to_dict(),
+                            "response": text,
+                            "time": round(time.time(), 1),
+                        }
+                        for j, text in zip(batch, texts, strict=True)
+                    ]
+                )
+
+            try:
+                generator.generate([items[i][1] for i in missing], on_batch=on_batch)
+            except EndpointError as exc:
+                raise EndpointError(f"{exc}. {self._resume_hint()}") from None
+            except KeyboardInterrupt:
+                log.warning("interrupted. %s", self._resume_hint())
+                raise
+        out = [self.cache.get(k) for k in keys]
+        if any(o is None for o in out):  # a generator that skipped on_batch for some items
+            raise RuntimeError(f"{attack_key}: the generator did not report every generation")
+        return [o or "" for o in out]
+
+    def _resume_hint(self) -> str:
+        return (
+            f"{len(self.cache)} generation(s) are saved in {self.cache.path}; "
+            "rerun the same command to resume where it stopped"
+        )
+
+    # -- pieces ----------------------------------------------------------------------------------------
+    def load_set(self, spec: SetSpec) -> list[PromptRecord]:
+        path = spec.path if spec.set == "hub" else (str(self.suite.resolve(spec.path)) if spec.path else None)
+        records = load_prompt_set(spec.set, path, **spec.options)
+        limit = (
+            self.limit
+            if self.limit is not None
+            else (spec.limit if spec.limit is not None else self.suite.limit)
+        )
+        sampled = sample_records(records, limit, self.seed)
+        log.info("set %s: %d of %d prompts", spec.label, len(sampled), len(records))
+        return sampled
+
+    def judge_responses(
+        self, attack_key: str, set_label: str, records: list[PromptRecord], responses: list[str]
+    ) -> list[str]:
+        verdicts = safe_verdicts(
+            self.judge, [(r.prompt, resp) for r, resp in zip(records, responses, strict=True)]
+        )
+        for r, resp, v in zip(records, responses, verdicts, strict=True):
+            self.judged_rows.append(
+                {
+                    "attack": attack_key,
+                    "set": set_label,
+                    "prompt_id": r.id,
+                    "category": r.category,
+                    "label": v.label,
+                    "score": v.score,
+                    "detail": v.detail,
+                    "response": resp,
+                }
+            )
+        return [v.label for v in verdicts]
+
+    def run_attack(self, attack: BaseAttack, spec: SetSpec, records: list[PromptRecord]) -> dict | None:
+        if attack.iterative:
+            return self.run_pair(attack, spec, records)  # type: ignore[arg-type]
+        pairs = [(r, attack.apply(r)) for r in records]
+        pairs = [(r, c) for r, c in pairs if c is not None]
+        if not pairs:
+            log.warning("%s: no prompt of set %s applies (skipped)", attack.key, spec.label)
+            return None
+        used = [r for r, _ in pairs]
+        raw = self.generate(attack.key, [(r.id, c) for r, c in pairs])
+        labels = self.judge_responses(attack.key, spec.label, used, [attack.decode_response(t) for t in raw])
+        summary = asr_summary(labels, self.judge.name)
+        by_cat: dict[str, list[str]] = defaultdict(list)
+        for r, lab in zip(used, labels, strict=True):
+            by_cat[r.category or "all"].append(lab)
+        summary.update(
+            attack=attack.name,
+            set=spec.label,
+            params=attack.params(),
+            by_category={c: asr_summary(labs, self.judge.name) for c, labs in sorted(by_cat.items())},
+        )
+        return summary
+
+    def run_pair(self, attack: PairAttack, spec: SetSpec, records: list[PromptRecord]) -> dict:
+        attacker = self.attacker or self.generator
+        attacker_fp = self.attacker_fingerprint or self.model.fingerprint
+
+        def attacker_fn(convs: list[Conversation], ids: list[str], round_no: int) -> list[str]:
+            items = [(f"{i}#r{round_no}", c) for i, c in zip(ids, convs, strict=True)]
+            return self.generate("pair-attacker", items, attacker, attacker_fp)
+
+        def target_fn(convs: list[Conversation], ids: list[str], round_no: int) -> list[str]:
+            return self.generate(
+                attack.key, [(f"{i}#r{round_no}", c) for i, c in zip(ids, convs, strict=True)]
+            )
+
+        class _SafeJudge:
+            """The suite's judge, with invalid verdicts mapped to ``unjudged``."""
+
+            name = self.judge.name
+
+            def __init__(inner, judge: Judge):
+                inner.inner = judge
+
+            def judge(inner, prompt: str, response: str) -> Verdict:
+                return safe_verdicts(inner.inner, [(prompt, response)])[0]
+
+            def judge_many(inner, pairs: list[tuple[str, str]]) -> list[Verdict]:
+                return safe_verdicts(inner.inner, pairs)
+
+        outcomes = attack.run(records, attacker_fn, target_fn, _SafeJudge(self.judge))
+        labels = []
+        for o in outcomes:
+            label = "compliant" if o.jailbroken else o.final.verdict.label
+            labels.append(label)
+            self.judged_rows.append(
+                {
+                    "attack": attack.key,
+                    "set": spec.label,
+                    "prompt_id": o.record.id,
+                    "category": o.record.category,
+                    "label": label,
+                    "rounds": len(o.rounds),
+                    "attack_prompt": o.final.prompt,
+                    "response": o.final.response,
+                }
+            )
+        summary = asr_summary(labels, self.judge.name)
+        summary.update(
+            attack=attack.name,
+            set=spec.label,
+            params=attack.params(),
+            mean_rounds=sum(len(o.rounds) for o in outcomes) / max(1, len(outcomes)),
+        )
+        return summary
+
+    def run_over_refusal(self, spec: SetSpec) -> dict:
+        records = self.load_set(spec)
+        convs = [(r.id, Conversation.user(r.prompt)) for r in records]
+        raw = self.generate(f"over-refusal:{spec.label}", convs)
+        labels = self.judge_responses("direct", spec.label, records, raw)
+        by_cat: dict[str, list[str]] = defaultdict(list)
+        for r, lab in zip(records, labels, strict=True):
+            by_cat[r.category or "all"].append(lab)
+        return {c: refusal_summary(labs, self.judge.name) for c, labs in sorted(by_cat.items())}
+
+    def run_task(self, spec) -> dict:
+        task = get_task(spec.task)
+        records, demos = load_task(spec.task, self.suite.resolve(spec.path), spec.shots)
+        limit = (
+            self.limit
+            if self.limit is not None
+            else (spec.limit if spec.limit is not None else self.suite.limit)
+        )
+        records = sample_records(records, limit, self.seed)
+        raw = self.generate(f"task:{spec.task}", [(r.id, task_conversation(r, demos)) for r in records])
+        correct = unparsed = 0
+        for r, text in zip(records, raw, strict=True):
+            pred = task.parse(text)
+            unparsed += pred is None
+            ok = task.equal(pred, r.extra["gold"])
+            correct += ok
+            self.judged_rows.append(
+                {
+                    "attack": f"task:{spec.task}",
+                    "set": spec.task,
+                    "prompt_id": r.id,
+                    "gold": r.extra["gold"],
+                    "parsed": pred,
+                    "correct": ok,
+                    "response": text,
+                }
+            )
+        r = rate(correct, len(records))
+        return {
+            "accuracy": r["rate"],
+            "n": len(records),
+            "ci95": r["ci95"],
+            "correct": correct,
+            "unparsed": unparsed,
+            "shots": spec.shots,
+            "parser": f"safeft.eval.tasks.parse_{spec.task}",
+        }
+
+    # -- the whole suite ---------------------------------------------------------------------------------
+    def run(self) -> dict:
+        started = time.time()
+        results: dict[str, Any] = {
+            "version": RESULTS_VERSION,
+            "model": dataclasses.asdict(self.model) | {"display": self.model.display()},
+            "judge": self._judge_info(),
+            "config": {
+                "suite": self.suite.name,
+                "generation": dataclasses.asdict(self.suite.generation),
+                "limit": self.limit if self.limit is not None else self.suite.limit,
+                "seed": self.seed,
+                "attack_options": self.suite.attack_options,
+                "sets": [dataclasses.asdict(s) for s in self.suite.safety],
+                "over_refusal_sets": [dataclasses.asdict(s) for s in self.suite.over_refusal],
+                "tasks": [dataclasses.asdict(t) for t in self.suite.tasks],
+            },
+            "attacks": {},
+            "refusal_curve": [],
+            "over_refusal": {},
+            "tasks": {},
+        }
+        several = len(self.suite.safety) > 1
+        for spec in self.suite.safety:
+            records = self.load_set(spec)
+            for attack in expand_attacks(spec.attacks, self.suite.attack_options):
+                summary = self.run_attack(attack, spec, records)
+                if summary is not None:
+                    results["attacks"][f"{attack.key}@{spec.label}" if several else attack.key] = summary
+        results["refusal_curve"] = refusal_curve(results["attacks"])
+        for spec in self.suite.over_refusal:
+            results["over_refusal"][spec.label] = self.run_over_refusal(spec)
+        for task_spec in self.suite.tasks:
+            results["tasks"][task_spec.task] = self.run_task(task_spec)
+        results["seconds"] = round(time.time() - started, 1)
+        self.write(results)
+        return results
+
+    def _judge_info(self) -> dict:
+        """Judge name, plus its held-out quality where the judge reports one (classifier)."""
+        info: dict[str, Any] = {"name": self.judge.name}
+        for attr in ("metrics", "heldout", "_heldout"):
+            value = getattr(self.judge, attr, None)
+            if callable(value):
+                value = value()
+            if isinstance(value, dict) and value:
+                info["metrics"] = value
+                break
+        return info
+
+    def write(self, results: dict) -> None:
+        (self.out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+        with open(self.out / "judged.jsonl", "w", encoding="utf-8") as fh:
+            for row in self.judged_rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def refusal_curve(attacks: dict[str, dict]) -> list[dict]:
+    """Refusal rate per prefill length k (from the ``prefill-harmful-k`` entries), sorted by k."""
+    points = []
+    for key, s in attacks.items():
+        if s.get("attack") == "prefill-harmful-k":
+            judged = s["n"]
+            r = rate(s["refusal"], judged)
+            points.append(
+                {
+                    "k": s["params"]["k"],
+                    "set": s["set"],
+                    "refusal_rate": r["rate"],
+                    "n": judged,
+                    "ci95": r["ci95"],
+                    "judge": s["judge"],
+                    "key": key,
+                }
+            )
+    return sorted(points, key=lambda p: (p["set"], p["k"]))

