@@ -1,0 +1,168 @@
+"""Budgets of ``safeft demo``: one dataclass per stage group, a full and a ``--quick`` preset.
+
+Every number that sets how long the demo runs lives here, so a run is sized by its token budgets
+(training tokens ~ rows x row length x epochs; generation tokens ~ prompts x cells x max_new_tokens)
+and the whole resolved config is written to ``<out>/demo_config.yaml``. Override any field with
+``--section.field value`` (``--align.epochs 3``, ``--eval.max_new_tokens 64``).
+
+Throughputs measured for SmolLM2-135M on this project's 2-core CPU (fp32, torch 2.13, see the README):
+training ~55-75 tokens/s on one contended thread, ~100-300 tokens/s on 2 idle cores; batched greedy
+generation ~33 tokens/s at batch 8 and ~45 tokens/s at batch 16 (one contended thread). The ETA
+uses :data:`TRAIN_TOKENS_PER_S` and :data:`GEN_TOKENS_PER_S` and corrects itself as stages finish.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from safeft.config import ConfigError, from_dict, merge, parse_overrides, to_dict
+from safeft.models import DEFAULT_MODEL
+
+#: planning throughputs for the ETA (2 idle cores, fp32)
+TRAIN_TOKENS_PER_S = 150.0
+GEN_TOKENS_PER_S = 60.0
+
+
+@dataclass
+class DataBudget:
+    """How many rows each split gets (prompts are split so that train and eval never overlap)."""
+
+    n_train_triples: int = 48  # harmful prompt + harmful answer + refusal, for stage 1
+    n_eval_harmful: int = 24  # held-out harmful prompts with a known harmful answer
+    n_overrefusal: int = 24  # benign-but-edgy prompts (over-refusal)
+    n_self_distill: int = 16  # benign prompts the original model answers itself (helpful rows)
+    self_distill_max_new_tokens: int = 64
+    min_eval_answer_words: int = 45  # eval answers must be long enough for the k=40 prefill
+
+
+@dataclass
+class AlignBudget:
+    """Stage 1: DeRTa and the vanilla safety-SFT baseline (same triples, same epochs)."""
+
+    epochs: float = 2.0
+    batch_size: int = 8
+    learning_rate: float = 2e-4
+    lora_r: int = 16
+    lora_alpha: int = 32
+    max_length: int = 192
+    helpful_per_triple: float = 1.0  # helpful rows per safety triple
+    rto_keep_ratio: float = 0.05
+    save_steps: int = 20
+
+
+@dataclass
+class TaskBudget:
+    """Stage 2: direction, plain LoRA vs AsFT on the contaminated task, Safe LoRA."""
+
+    n_train: int = 120  # task rows including the harmful ones
+    harmful_fraction: float = 0.1
+    n_eval: int = 40
+    epochs: float = 2.0
+    batch_size: int = 8
+    learning_rate: float = 2e-4
+    lora_r: int = 8
+    lora_alpha: int = 32
+    max_length: int = 128
+    asft_lambda: float = 1.0
+    direction_rank: int = 8
+    safelora_threshold: float = 0.35
+    save_steps: int = 20
+
+
+@dataclass
+class EvalBudget:
+    """Every model gets the same prompts, attacks and decoding."""
+
+    ks: list[int] = field(default_factory=lambda: [0, 10, 20, 40])
+    max_new_tokens: int = 32
+    batch_size: int = 16
+    judge: str = "keyword"
+    judge_options: dict = field(default_factory=dict)
+
+
+@dataclass
+class DemoConfig:
+    model: str = DEFAULT_MODEL
+    out: str = "runs/demo"
+    data_dir: str | None = None  # e.g. ../shared/data: larger public sets and SST-2 as the task
+    seed: int = 0
+    data: DataBudget = field(default_factory=DataBudget)
+    align: AlignBudget = field(default_factory=AlignBudget)
+    task: TaskBudget = field(default_factory=TaskBudget)
+    eval: EvalBudget = field(default_factory=EvalBudget)
+
+    def validate(self) -> None:
+        if not 0.0 <= self.task.harmful_fraction < 1.0:
+            raise ConfigError(f"task.harmful_fraction must be in [0, 1), got {self.task.harmful_fraction}")
+        if 0 not in self.eval.ks:
+            raise ConfigError(f"eval.ks must contain 0 (the direct attack), got {self.eval.ks}")
+        for name in ("n_train_triples", "n_eval_harmful", "n_overrefusal"):
+            if getattr(self.data, name) < 1:
+                raise ConfigError(f"data.{name} must be >= 1")
+        if self.task.n_train < 1 or self.task.n_eval < 1:
+            raise ConfigError("task.n_train and task.n_eval must be >= 1")
+
+
+#: ``--quick``: the same stages with fewer rows, prompts and tokens (<= 5 minutes on 2 idle cores)
+QUICK: dict[str, Any] = {
+    "out": "runs/demo_quick",
+    "data": {
+        "n_train_triples": 10,
+        "n_eval_harmful": 5,
+        "n_overrefusal": 5,
+        "n_self_distill": 4,
+        "self_distill_max_new_tokens": 24,
+    },
+    # 3-4 optimizer steps per run: a larger learning rate so that they visibly move the model
+    "align": {"epochs": 1.0, "max_length": 128, "save_steps": 1000, "learning_rate": 1e-3},
+    "task": {
+        "n_train": 32,
+        "n_eval": 8,
+        "epochs": 1.0,
+        "max_length": 96,
+        "save_steps": 1000,
+        "learning_rate": 1e-3,
+    },
+    "eval": {"max_new_tokens": 16},
+}
+
+
+def load_demo_config(
+    quick: bool = False, path: str | Path | None = None, overrides: list[str] | None = None
+) -> DemoConfig:
+    """Full preset (or ``QUICK`` on top of it), then a YAML file, then ``--key value`` overrides."""
+    data: dict[str, Any] = copy.deepcopy(QUICK) if quick else {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"demo config not found: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: a demo config must be a YAML mapping")
+        data = merge(data, loaded)
+    data = merge(data, parse_overrides(overrides or []))
+    config = from_dict(DemoConfig, data, where=str(path or "demo"))
+    config.validate()
+    return config
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    keys = sorted(set(a) | set(b))
+    out: list[str] = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def as_dict(config: DemoConfig) -> dict[str, Any]:
+    return to_dict(config)

@@ -1,0 +1,184 @@
+"""``safeft demo``: stage bookkeeping and resume (tiny model, seconds), data splits, the table, and the
+real ``--quick`` run (slow)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from safeft.config import ConfigError
+from safeft.demo.config import DemoConfig, load_demo_config
+from safeft.demo.stages import MARKER, Stage, StageRunner, is_done
+
+TINY = [
+    "--data.n_train_triples", "4", "--data.n_eval_harmful", "3", "--data.n_overrefusal", "3",
+    "--data.n_self_distill", "2", "--data.self_distill_max_new_tokens", "4",
+    "--align.epochs", "1", "--align.batch_size", "4", "--align.max_length", "96",
+    "--task.n_train", "10", "--task.n_eval", "4", "--task.epochs", "1", "--task.batch_size", "4",
+    "--task.max_length", "64", "--task.direction_rank", "4",
+    "--eval.max_new_tokens", "4", "--eval.batch_size", "8",
+]  # fmt: skip
+
+
+def tiny_config(model_dir: Path, out: Path, *extra: str) -> DemoConfig:
+    return load_demo_config(overrides=[*TINY, "--model", str(model_dir), "--out", str(out), *extra])
+
+
+# -- stage runner ----------------------------------------------------------------------------------------
+
+
+def test_stage_runner_skips_finished_stages_and_reruns_interrupted_ones(tmp_path, capsys):
+    calls: list[str] = []
+
+    def work(name: str, fail: bool = False):
+        def run(folder: Path) -> dict:
+            calls.append(name)
+            if fail:
+                raise KeyboardInterrupt  # an interrupted stage writes no marker
+            (folder / "out.txt").write_text(name)
+            return {"name": name}
+
+        return run
+
+    stages = [Stage("a", "first", work("a"), 1.0), Stage("b", "second", work("b", fail=True), 1.0)]
+    with pytest.raises(KeyboardInterrupt):
+        StageRunner(tmp_path, stages).run()
+    assert is_done(tmp_path, "a") and not is_done(tmp_path, "b")
+    stages[1] = Stage("b", "second", work("b"), 1.0)
+    records = StageRunner(tmp_path, stages).run()
+    assert calls == ["a", "b", "b"]
+    assert [r.status for r in records] == ["skipped", "done"]
+    assert json.loads((tmp_path / "b" / MARKER).read_text())["summary"] == {"name": "b"}
+    history = json.loads((tmp_path / "stages.json").read_text())
+    assert [s["status"] for s in history[-1]["stages"]] == ["skipped", "done"]
+    err = capsys.readouterr().err
+    assert "already done, skipped" in err and "ETA" in err
+
+
+def test_stage_names_must_be_unique(tmp_path):
+    with pytest.raises(ValueError, match="duplicate"):
+        StageRunner(tmp_path, [Stage("a", "", lambda f: {}), Stage("a", "", lambda f: {})])
+
+
+# -- config ----------------------------------------------------------------------------------------------
+
+
+def test_quick_preset_and_overrides():
+    full, quick = load_demo_config(), load_demo_config(quick=True)
+    assert quick.data.n_eval_harmful < full.data.n_eval_harmful and quick.out != full.out
+    cfg = load_demo_config(quick=True, overrides=["--eval.ks", "0,5", "--task.asft_lambda", "2"])
+    assert cfg.eval.ks == [0, 5] and cfg.task.asft_lambda == 2.0
+    with pytest.raises(ConfigError, match="must contain 0"):
+        load_demo_config(overrides=["--eval.ks", "10,20"])
+    with pytest.raises(ConfigError, match="unknown field"):
+        load_demo_config(overrides=["--task.nope", "1"])
+
+
+# -- data ------------------------------------------------------------------------------------------------
+
+
+def test_data_split_never_overlaps_and_is_recorded(tmp_path):
+    from safeft.check import normalise
+    from safeft.demo.data import FILES, build_data
+
+    cfg = load_demo_config(quick=True)
+    summary = build_data(cfg, tmp_path)
+    assert summary["overlap"] == 0
+    rows = {k: [json.loads(x) for x in (tmp_path / f).read_text().splitlines()] for k, f in FILES.items()}
+    train = {normalise(r["prompt"]) for k in ("train_safety", "train_helpful", "self_distill_prompts",
+                                              "task_train") for r in rows[k]}  # fmt: skip
+    evals = {normalise(r["prompt"]) for k in ("eval_harmful", "eval_overrefusal") for r in rows[k]}
+    assert not train & evals
+    assert len(rows["eval_harmful"]) == cfg.data.n_eval_harmful
+    assert all(len(r["response"].split()) >= max(cfg.eval.ks) + 5 for r in rows["eval_harmful"])
+    n_harmful = round(cfg.task.n_train * cfg.task.harmful_fraction)
+    assert sum(r["harmful"] for r in rows["task_train"]) == n_harmful
+    assert all(r["refusal"].startswith("Sorry") for r in rows["train_safety"])
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert len(split["eval_harmful"]) == cfg.data.n_eval_harmful and split["task"]["name"] == "truefalse"
+
+
+def test_truefalse_task_parser_and_registration():
+    from safeft.demo.task import parse_truefalse, register_tasks
+    from safeft.eval.tasks import get_task
+
+    register_tasks()
+    task = get_task("truefalse")
+    assert task.parse("True. Paris is the capital.") == "true"
+    assert task.parse("It is FALSE, not true") == "false"
+    assert task.parse("I am not sure") is None
+    assert parse_truefalse("untrue") is None  # whole words only
+
+
+# -- the whole pipeline on a tiny random model -----------------------------------------------------------
+
+
+def test_demo_pipeline_on_tiny_model_resumes(tiny_model_dir, tmp_path, capsys):
+    from safeft.demo.pipeline import run_demo
+
+    out = tmp_path / "demo"
+    results = run_demo(tiny_config(tiny_model_dir, out))
+    names = [s["name"] for s in json.loads((out / "stages.json").read_text())[-1]["stages"]]
+    assert len(names) == 15 and all(is_done(out, n) for n in names)
+    assert [row[0] for row in results["table"]["rows"]] == [
+        "original",
+        "vanilla safety SFT",
+        "DeRTa",
+        "DeRTa -> LoRA on contaminated task",
+        "DeRTa -> Safe LoRA",
+        "DeRTa -> AsFT on contaminated task",
+    ]
+    meta = results["demo"]
+    assert meta["judge"] == "keyword" and meta["n_per_cell"]["ASR direct"] == 3
+    assert meta["n_per_cell"]["task"] == 4 and meta["peak_rss_bytes"] > 0
+    for f in ("results.json", "report.md", "report.html", "data/split.json", "direction/direction.json"):
+        assert (out / f).is_file(), f
+    report = (out / "report.md").read_text()
+    assert "## The demo table" in report and "Judge: **keyword**" in report
+    assert "The demo table" in (out / "report.html").read_text()
+    assert "| model | ASR direct |" in capsys.readouterr().out
+
+    # Resume: nothing is redone; a deleted stage (and only it) is.
+    marker = out / "eval_derta" / MARKER
+    marker.unlink()
+    before = (out / "derta" / MARKER).stat().st_mtime
+    time.sleep(0.01)
+    run_demo(tiny_config(tiny_model_dir, out))
+    statuses = {s["name"]: s["status"] for s in json.loads((out / "stages.json").read_text())[-1]["stages"]}
+    assert statuses.pop("eval_derta") == "done"
+    assert set(statuses.values()) == {"skipped"}
+    assert (out / "derta" / MARKER).stat().st_mtime == before
+
+
+def test_demo_refuses_to_mix_configs(tiny_model_dir, tmp_path):
+    from safeft.demo.pipeline import check_config
+
+    out = tmp_path / "demo"
+    check_config(tiny_config(tiny_model_dir, out), out)
+    with pytest.raises(ConfigError, match="another config"):
+        check_config(tiny_config(tiny_model_dir, out, "--eval.max_new_tokens", "8"), out)
+
+
+# -- the real thing --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path, capsys):
+    """``safeft demo --quick`` on the embedded SmolLM2: every stage, the table, the reports."""
+    from safeft.cli import main
+
+    out = tmp_path / "demo_quick"
+    started = time.time()
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    seconds = time.time() - started
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["table"]["rows"]) == 6
+    assert results["demo"]["peak_rss_bytes"] < 6 * 2**30
+    assert (out / "report.html").is_file() and (out / "plots").is_dir()
+    printed = capsys.readouterr().out
+    assert "| DeRTa -> AsFT on contaminated task |" in printed
+    # <= 5 minutes on 2 idle cores; a loaded CI machine gets twice that before this fails.
+    assert seconds < 600, f"--quick took {seconds:.0f}s"
