@@ -110,3 +110,15 @@ def test_derta_recipe_runs_on_the_embedded_model(tmp_path):
     assert code == 0
     check = json.loads((tmp_path / "run/check_after.json").read_text())
     assert check["harmful_direct"]["n"] == 4 and check["benign"]["n"] == 4
+
+
+def test_full_fine_tuning_without_lora(tmp_path, tiny_model_dir):
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, max_steps=2, check={"enabled": False})
+    assert main(["train", "--config", str(recipe), "--lora.enabled", "false"]) == 0
+    run = tmp_path / "run"
+    assert not (run / "adapter").exists() and (run / "merged/config.json").is_file()
+    original, _ = load_model_and_tokenizer(tiny_model_dir)
+    trained, _ = load_model_and_tokenizer(run / "merged")
+    # every weight matrix is trainable in full fine-tuning: the embeddings move too
+    name = "model.embed_tokens.weight"
+    assert not torch.equal(original.state_dict()[name], trained.state_dict()[name])
