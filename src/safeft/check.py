@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -97,6 +98,43 @@ def run_check(model, tokenizer, cfg: CheckConfig, sets: CheckSets, out_file: Pat
             result[name] = {"refusal_rate": refused / max(1, len(verdicts)), "n": len(verdicts)}
     out_file.with_suffix(".json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def train_with_check(
+    config,
+    trainer_cls,
+    model,
+    tokenizer,
+    examples,
+    train_prompts: set[str],
+    **trainer_kwargs,
+) -> tuple[dict, dict, CheckSets | None]:
+    """``run_trainer`` framed by the quick check: the original weights (adapters off) are checked
+    before training, the trained adapters after; the table is printed and saved as ``check.txt``.
+    Prompts in ``train_prompts`` (normalised) never enter the check sets. Only rank 0 checks."""
+    from safeft.training.base import original_weights, run_trainer
+
+    out = Path(config.output_dir)
+    cfg: CheckConfig = config.check
+    before: dict = {}
+    after: dict = {}
+    sets = None
+    if cfg.enabled and int(os.environ.get("RANK", "0")) == 0:
+        sets = load_check_sets(cfg, config.data_dir, train_prompts)
+        with original_weights(model):
+            before = run_check(model, tokenizer, cfg, sets, out / "check_before.jsonl")
+
+    def after_train(trainer) -> None:
+        nonlocal after
+        if sets is not None:
+            after = run_check(trainer.model, tokenizer, cfg, sets, out / "check_after.jsonl")
+
+    run_trainer(config, trainer_cls, model, tokenizer, examples, after_train=after_train, **trainer_kwargs)
+    if before and after:
+        table = format_check(before, after)
+        (out / "check.txt").write_text(table + "\n")
+        print(table)
+    return before, after, sets
 
 
 def format_check(before: dict, after: dict) -> str:

@@ -17,9 +17,7 @@ The official code penalises B A without the LoRA scale s; ``scale_delta: false``
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -27,11 +25,11 @@ from safeft.asft.direction import Direction
 from safeft.asft.penalty import AsFTPenalty
 from safeft.asft.projectors import VARIANTS
 from safeft.asft.task_data import load_task_pairs, task_examples
-from safeft.check import CheckConfig, format_check, load_check_sets, normalise, run_check
+from safeft.check import CheckConfig, normalise, train_with_check
 from safeft.config import ConfigError
 from safeft.data.chat import KIND_MLE
 from safeft.data.sources import SourceConfig
-from safeft.training.base import LoraSettings, SafeFTTrainer, TrainConfig, load_for_training, run_trainer
+from safeft.training.base import LoraSettings, SafeFTTrainer, TrainConfig, load_for_training
 from safeft.training.token_loss import token_losses
 
 log = logging.getLogger(__name__)
@@ -126,38 +124,20 @@ def bind_penalty(model: torch.nn.Module, config: AsFTConfig) -> AsFTPenalty | No
 def train_asft(config: AsFTConfig) -> dict:
     """Load, bind the direction, build task rows, train, save adapter + merged; optional refusal check."""
     config.validate()
-    out = Path(config.output_dir)
     model, tokenizer = load_for_training(config)
     penalty = bind_penalty(model, config)
     pairs = load_task_pairs(config.train_data, config.data_dir)
     examples = task_examples(pairs, tokenizer, config.max_length, config.system_prompt)
     log.info("AsFT: %d training rows from %d pairs", len(examples), len(pairs))
 
-    before: dict = {}
-    check_sets = None
-    if config.check.enabled and int(os.environ.get("RANK", "0")) == 0:
-        check_sets = load_check_sets(config.check, config.data_dir, {normalise(p.prompt) for p in pairs})
-        with model.disable_adapter():
-            before = run_check(model, tokenizer, config.check, check_sets, out / "check_before.jsonl")
-    after: dict = {}
-
-    def after_train(trainer: SafeFTTrainer) -> None:
-        nonlocal after
-        if check_sets is not None:
-            after = run_check(trainer.model, tokenizer, config.check, check_sets, out / "check_after.jsonl")
-
-    run_trainer(
+    before, after, _ = train_with_check(
         config,
         AsFTTrainer,
         model,
         tokenizer,
         examples,
-        after_train=after_train,
+        {normalise(p.prompt) for p in pairs},
         asft_config=config,
         penalty=penalty,
     )
-    if before and after:
-        table = format_check(before, after)
-        (out / "check.txt").write_text(table + "\n")
-        print(table)
     return {"before": before, "after": after, "n_examples": len(examples)}

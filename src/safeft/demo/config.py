@@ -32,7 +32,7 @@ GEN_TOKENS_PER_S = 60.0
 class DataBudget:
     """How many rows each split gets (prompts are split so that train and eval never overlap)."""
 
-    n_train_triples: int = 48  # harmful prompt + harmful answer + refusal, for stage 1
+    n_train_triples: int = 64  # harmful prompt + harmful answer + refusal, for stage 1
     n_eval_harmful: int = 24  # held-out harmful prompts with a known harmful answer
     n_overrefusal: int = 24  # benign-but-edgy prompts (over-refusal)
     n_self_distill: int = 16  # benign prompts the original model answers itself (helpful rows)
@@ -46,12 +46,12 @@ class AlignBudget:
 
     epochs: float = 2.0
     batch_size: int = 8
-    learning_rate: float = 2e-4
+    learning_rate: float = 5e-4
     lora_r: int = 16
     lora_alpha: int = 32
     max_length: int = 192
     helpful_per_triple: float = 1.0  # helpful rows per safety triple
-    rto_keep_ratio: float = 0.05
+    rto_keep_ratio: float = 0.25
     save_steps: int = 20
 
 

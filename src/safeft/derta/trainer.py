@@ -7,16 +7,16 @@ rates before, train (see ``loss.py``), save adapter + merged model, check again 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from safeft.check import CheckConfig, format_check, load_check_sets, normalise, run_check
+from safeft.check import CheckConfig, normalise, train_with_check
 from safeft.config import ConfigError
 from safeft.data.chat import ChatFormat
 from safeft.data.records import HelpfulPair, SafetyTriple
@@ -24,7 +24,7 @@ from safeft.data.refusals import RefusalPool
 from safeft.data.sources import SourceConfig, load_helpful_pairs, load_prompts, load_safety_triples
 from safeft.derta.features import build_derta_examples
 from safeft.derta.loss import derta_loss
-from safeft.training.base import SafeFTTrainer, TrainConfig, load_for_training, run_trainer
+from safeft.training.base import SafeFTTrainer, TrainConfig, load_for_training, original_weights
 
 log = logging.getLogger(__name__)
 
@@ -104,16 +104,6 @@ def mix_helpful(
     return [order[i % len(order)] for i in range(want)]
 
 
-@contextlib.contextmanager
-def original_weights(model):
-    """Run with LoRA switched off (the original model) when the model has adapters."""
-    if hasattr(model, "disable_adapter"):
-        with model.disable_adapter():
-            yield model
-    else:
-        yield model
-
-
 def self_distilled_pairs(model, tokenizer, config: DeRTaConfig, out_dir: Path) -> list[HelpfulPair]:
     """Answers of the original model to benign prompts, cached in ``self_distill.jsonl`` (resumable).
     Answers the keyword judge calls refusals are dropped: training on them would teach over-refusal."""
@@ -185,38 +175,14 @@ def train_derta(config: DeRTaConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "data_stats.json").write_text(json.dumps(stats.as_dict(), indent=1))
 
-    check_sets = None
-    before: dict = {}
-    is_main = int(__import__("os").environ.get("RANK", "0")) == 0
-    if config.check.enabled and is_main:
-        train_prompts = {normalise(t.prompt) for t in triples} | {normalise(h.prompt) for h in helpful}
-        check_sets = load_check_sets(config.check, config.data_dir, train_prompts)
-        (out / "split.json").write_text(
-            json.dumps(
-                {
-                    "train_safety": [t.origin for t in triples],
-                    "train_helpful": [h.origin for h in helpful],
-                    "check_harmful": [t.origin for t in check_sets.harmful],
-                    "check_benign": [pid for pid, _ in check_sets.benign],
-                },
-                indent=1,
-            )
-        )
-        with original_weights(model):
-            before = run_check(model, tokenizer, config.check, check_sets, out / "check_before.jsonl")
-
-    after: dict = {}
-
-    def after_train(trainer: SafeFTTrainer) -> None:
-        nonlocal after
-        if check_sets is not None:
-            after = run_check(trainer.model, tokenizer, config.check, check_sets, out / "check_after.jsonl")
-
-    run_trainer(
-        config, DeRTaTrainer, model, tokenizer, examples, after_train=after_train, derta_config=config
+    train_prompts = {normalise(t.prompt) for t in triples} | {normalise(h.prompt) for h in helpful}
+    before, after, check_sets = train_with_check(
+        config, DeRTaTrainer, model, tokenizer, examples, train_prompts, derta_config=config
     )
-    if before and after:
-        table = format_check(before, after)
-        (out / "check.txt").write_text(table + "\n")
-        print(table)
+    split = {"train_safety": [t.origin for t in triples], "train_helpful": [h.origin for h in helpful]}
+    if check_sets is not None:
+        split["check_harmful"] = [t.origin for t in check_sets.harmful]
+        split["check_benign"] = [pid for pid, _ in check_sets.benign]
+    if int(os.environ.get("RANK", "0")) == 0:
+        (out / "split.json").write_text(json.dumps(split, indent=1))
     return {"before": before, "after": after, "data": stats.as_dict()}

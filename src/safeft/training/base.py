@@ -7,11 +7,12 @@ implementing only ``compute_objective(model, inputs) -> (loss, metrics)``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,16 @@ class SafeFTTrainer(Trainer):
             self._metric_sums.clear()
             self._metric_counts.clear()
         super().log(logs, start_time)
+
+
+@contextlib.contextmanager
+def original_weights(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run with LoRA switched off (the model as it was before training) when it has adapters."""
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+    else:
+        yield model
 
 
 def load_for_training(config: TrainConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
