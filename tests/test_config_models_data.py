@@ -112,7 +112,7 @@ def test_read_rows_formats_and_errors(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"version": 1, "rows": [{"prompt": "z"}]}))
     assert list(read_rows(tmp_path / "c.json")) == [(1, {"prompt": "z"})]
     (tmp_path / "bad.jsonl").write_text('{"prompt": "x"}\n{oops\n')
-    with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON"):
+    with pytest.raises(DataError, match=r"bad.jsonl:2: invalid JSON"):
         list(read_rows(tmp_path / "bad.jsonl"))
     (tmp_path / "d.parquet").write_text("x")
     with pytest.raises(DataError, match=r"unsupported file type '\.parquet'"):

@@ -52,14 +52,7 @@ def read_rows(path: str | Path, list_key: str | None = None) -> Iterator[tuple[i
         raise DataError(f"{p}: file not found")
     suffix = p.suffix.lower()
     if suffix == ".csv":
-        with p.open(newline="", encoding="utf-8") as f:
-            lines = f.read().splitlines(keepends=True)
-        skip = 0
-        while skip < len(lines) and lines[skip].startswith("#"):
-            skip += 1
-        reader = csv.DictReader(lines[skip:])
-        for i, row in enumerate(reader):
-            yield skip + i + 2, dict(row)
+        yield from _csv_rows(p)
         return
     text = p.read_text(encoding="utf-8")
     if suffix == ".jsonl" or (suffix == ".json" and not text.lstrip().startswith(("[", "{"))):
@@ -86,6 +79,24 @@ def read_rows(path: str | Path, list_key: str | None = None) -> Iterator[tuple[i
         yield i, row
 
 
+def _csv_rows(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with p.open(newline="", encoding="utf-8") as f:
+        lines = f.read().splitlines(keepends=True)
+    skip = 0
+    while skip < len(lines) and lines[skip].startswith("#"):
+        skip += 1
+    reader = csv.DictReader(lines[skip:])
+    if not reader.fieldnames:
+        raise DataError(f"{p}:{skip + 1}: empty CSV (no header row)")
+    for row in reader:
+        line = skip + reader.line_num
+        if None in row:
+            raise DataError(f"{p}:{line}: more fields than the header has")
+        if any(v is None for v in row.values()):
+            raise DataError(f"{p}:{line}: fewer fields than the header has")
+        yield line, dict(row)
+
+
 def _jsonl_rows(p: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
     for i, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -93,7 +104,7 @@ def _jsonl_rows(p: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{p}:{i}: not valid JSON ({exc.msg})") from exc
+            raise DataError(f"{p}:{i}: invalid JSON ({exc.msg})") from exc
         if not isinstance(row, dict):
             raise DataError(f"{p}:{i}: expected a JSON object, got {type(row).__name__}")
         yield i, row

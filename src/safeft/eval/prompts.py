@@ -16,8 +16,6 @@ known harmful answer, e.g. PyRIT's many-shot examples; used by ``prefill-harmful
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
 import random
@@ -26,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safeft.data.records import DataError, read_rows
+
 log = logging.getLogger(__name__)
 
 
-class DataFormatError(ValueError):
-    """A prompt file or one of its rows is not in the expected format (message names file:line)."""
+DataFormatError = DataError  # a malformed file or row; the message names file and line
 
 
 @dataclass
@@ -49,60 +48,12 @@ class PromptRecord:
 # Row readers: yield (line number, row) and raise DataFormatError with file:line.
 
 
-def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataFormatError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield lineno, row
-
-
-def iter_json(path: Path) -> Iterator[tuple[int, dict]]:
-    """A JSON array of objects (line = 1-based index of the element), or JSON lines."""
-    text = path.read_text(encoding="utf-8")
-    if not text.lstrip().startswith("["):
-        yield from iter_jsonl(path)
-        return
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-    for i, row in enumerate(rows, 1):
-        if not isinstance(row, dict):
-            raise DataFormatError(f"{path}: element {i}: expected a JSON object, got {type(row).__name__}")
-        yield i, row
-
-
-def iter_csv(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8", newline="") as fh:
-        lines = (line for line in fh if not line.startswith("#"))  # PyRIT-style comment headers
-        reader = csv.DictReader(lines)
-        if not reader.fieldnames:
-            raise DataFormatError(f"{path}:1: empty CSV (no header row)")
-        for row in reader:
-            lineno = reader.line_num
-            if None in row:
-                raise DataFormatError(f"{path}:{lineno}: more fields than the header has")
-            if any(v is None for v in row.values()):
-                raise DataFormatError(f"{path}:{lineno}: fewer fields than the header has")
-            yield lineno, row
-
-
 def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return iter_csv(path)
-    if suffix == ".jsonl":
-        return iter_jsonl(path)
-    if suffix == ".json":
-        return iter_json(path)
-    raise DataFormatError(f"{path}: unknown prompt file type {suffix!r}; expected .jsonl, .json or .csv")
+    """``(line, row)`` of a JSONL / JSON / CSV file (see :func:`safeft.data.records.read_rows`)."""
+    return read_rows(path)
+
+
+iter_jsonl = iter_json = iter_csv = iter_rows
 
 
 def _require(path: Path, lineno: int, row: dict, name: str) -> str:
