@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,15 @@ def load_check_sets(cfg: CheckConfig, data_dir: str | None, exclude_prompts: set
     return CheckSets(harmful, benign)
 
 
+_LOOP = re.compile(r"(.{4,40}?)\1{2,}", re.S)
+
+
+def is_repetitive(text: str) -> bool:
+    """A 4-40 character span repeated three times in a row ("SorrySorrySorry"): a degenerate answer,
+    counted apart because a keyword judge calls it a refusal all the same."""
+    return _LOOP.search(text) is not None
+
+
 def normalise(prompt: str) -> str:
     return " ".join(prompt.lower().split())
 
@@ -95,7 +105,12 @@ def run_check(model, tokenizer, cfg: CheckConfig, sets: CheckSets, out_file: Pat
                     + "\n"
                 )
             refused = sum(v.refused for v in verdicts)
-            result[name] = {"refusal_rate": refused / max(1, len(verdicts)), "n": len(verdicts)}
+            repetitive = sum(is_repetitive(r) for r in responses)
+            result[name] = {
+                "refusal_rate": refused / max(1, len(verdicts)),
+                "repetitive_rate": repetitive / max(1, len(verdicts)),
+                "n": len(verdicts),
+            }
     out_file.with_suffix(".json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -144,12 +159,15 @@ def format_check(before: dict, after: dict) -> str:
         ("benign (over-refusal)", "benign", "lower is better"),
     ]
     lines = [
-        "refusal rate (keyword judge)          before   after    n",
-        "-" * 62,
+        "refusal rate (keyword judge)          before   after    n   repetitive after",
+        "-" * 80,
     ]
     for label, key, note in rows:
         b, a = before[key], after[key]
+        loops = a.get("repetitive_rate")
+        loops_text = f"{loops:>6.0%}" if loops is not None else "     -"
         lines.append(
-            f"{label:<36} {b['refusal_rate']:>6.0%}  {a['refusal_rate']:>6.0%}  {a['n']:>4}   {note}"
+            f"{label:<36} {b['refusal_rate']:>6.0%}  {a['refusal_rate']:>6.0%}  {a['n']:>4}   {loops_text}"
+            f"            {note}"
         )
     return "\n".join(lines)
