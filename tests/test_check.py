@@ -7,7 +7,7 @@ from safeft.check import format_check, is_repetitive, normalise
 
 def test_repetitive_answers_are_flagged():
     assert is_repetitive("oofing, whereSorrySorrySorrySorry")
-    assert is_repetitive("no no no no no no")
+    assert is_repetitive("no way, no way, no way, no way")
     assert not is_repetitive("Sorry, I can't help with that. I can help with something else.")
     assert not is_repetitive("1, 2, 3, 4, 5")
 
