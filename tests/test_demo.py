@@ -116,10 +116,11 @@ def test_truefalse_task_parser_and_registration():
 # -- the whole pipeline on a tiny random model -----------------------------------------------------------
 
 
-def test_demo_pipeline_on_tiny_model_resumes(tiny_model_dir, tmp_path, capsys):
+def test_demo_pipeline_on_tiny_model_resumes(tiny_model_dir, tmp_path, capsys, monkeypatch):
     from safeft.demo.pipeline import run_demo
 
-    out = tmp_path / "demo"
+    monkeypatch.chdir(tmp_path)  # a relative --out, as users type it
+    out = Path("demo")
     results = run_demo(tiny_config(tiny_model_dir, out))
     names = [s["name"] for s in json.loads((out / "stages.json").read_text())[-1]["stages"]]
     assert len(names) == 15 and all(is_done(out, n) for n in names)

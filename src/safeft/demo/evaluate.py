@@ -67,6 +67,7 @@ def demo_suite(config: DemoConfig, data: Path, task_name: str):
     from safeft.eval.suite import EvalSuite, SetSpec, TaskSpec
 
     register_tasks()
+    data = data.resolve()  # suite paths resolve against base_dir: keep them absolute (--out may be relative)
     e = config.eval
     suite = EvalSuite(
         name="demo",
