@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import shared_file
 
 from safeft.cli import main
 from safeft.eval.judges import classifier as clf
@@ -30,6 +29,8 @@ from safeft.eval.judges.labelled_data import (
     load_labelled,
     load_labelled_csv,
 )
+
+from conftest import shared_file
 
 
 class HashEmbedder:
