@@ -33,7 +33,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import math
 import random
 import time
 from collections.abc import Sequence
@@ -44,6 +43,7 @@ import torch
 
 from safeft.eval.judges.base import Verdict
 from safeft.eval.judges.labelled_data import LabelledResponse
+from safeft.eval.metrics import wilson_interval
 
 log = logging.getLogger(__name__)
 
@@ -242,17 +242,6 @@ def binary_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, An
         "positive_class": "compliant",
         "confusion": {"tp": tp, "tn": tn, "fp": fp, "fn": fn},
     }
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n ((0, 1) when n = 0)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 # --------------------------------------------------------------------------------------------
