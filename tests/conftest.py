@@ -59,6 +59,16 @@ def make_tiny_model(vocab_size: int, seed: int = 0, hidden: int = 32, layers: in
     return LlamaForCausalLM(config)
 
 
+def perturb_attention(model, seed: int = 1, scale: float = 0.05):
+    """A stand-in for alignment: q_proj/v_proj weights moved by seeded noise (in place; returns model)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "q_proj.weight" in name or "v_proj.weight" in name:
+                p.add_(scale * torch.randn(p.shape, generator=g))
+    return model
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
     """A saved tiny random Llama with the SmolLM2 tokenizer: a valid ``--model`` directory."""

@@ -10,19 +10,13 @@ from safeft.asft.build import DirectionRequest, compute_direction
 from safeft.asft.direction import DirectionError
 from safeft.asft.penalty import AsFTPenalty, find_lora_layers, naive_residual
 
-from conftest import make_tiny_model
+from conftest import make_tiny_model, perturb_attention
 
 VOCAB = 64
 
 
 def perturbed(seed: int):
-    model = make_tiny_model(VOCAB, seed=0)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "q_proj.weight" in name or "v_proj.weight" in name:
-                p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model
+    return perturb_attention(make_tiny_model(VOCAB, seed=0), seed)
 
 
 @pytest.fixture(scope="module")

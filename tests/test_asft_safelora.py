@@ -15,20 +15,14 @@ from safeft.asft.penalty import find_lora_layers
 from safeft.asft.safelora import safelora_project
 from safeft.cli import main
 
-from conftest import make_tiny_model
+from conftest import make_tiny_model, perturb_attention
 
 VOCAB = 64
 ALIGNED_LAYER = "model.layers.0.self_attn.q_proj"
 
 
 def perturbed():
-    model = make_tiny_model(VOCAB, seed=0)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "q_proj.weight" in name or "v_proj.weight" in name:
-                p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model
+    return perturb_attention(make_tiny_model(VOCAB, seed=0), seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from safeft.asft.build import DirectionRequest, compute_direction
 from safeft.asft.trainer import AsFTConfig, train_asft
 from safeft.config import ConfigError, from_dict
 
+from conftest import perturb_attention
+
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
@@ -23,12 +25,7 @@ def aligned_setup(tmp_path_factory, tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     root = tmp_path_factory.mktemp("asft_train")
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "q_proj.weight" in name or "v_proj.weight" in name:
-                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    model = perturb_attention(AutoModelForCausalLM.from_pretrained(tiny_model_dir), seed=1)
     model.save_pretrained(root / "aligned")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(root / "aligned")
     compute_direction(
