@@ -9,7 +9,7 @@ import logging
 import sys
 
 #: sub-command modules under safeft.commands, in the order ``safeft --help`` lists them
-COMMANDS = ["train", "direction", "safelora", "eval", "report", "judge", "demo"]
+COMMANDS = ["train", "sweep", "direction", "safelora", "eval", "report", "judge", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
