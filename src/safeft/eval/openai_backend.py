@@ -1,16 +1,16 @@
 """Generation through an OpenAI-compatible chat endpoint (a vLLM / llama.cpp server, or a hosted API).
 
-``POST {base_url}/chat/completions`` with ``{"model", "messages", "max_tokens", "temperature"}``,
-using only the standard library. The API key is read from the environment variable named by
-``api_key_env`` (default ``OPENAI_API_KEY``; none is sent when it is unset) and never logged or
-put in an error message; URLs in messages have any user:password and query string removed.
+``POST {base_url}/chat/completions`` with ``{"model", "messages", "max_tokens", "temperature"}``
+through :class:`safeft.eval.http_client.ChatClient`, which owns the transport rules: the key comes
+from the environment variable named by ``api_key_env`` (default ``OPENAI_API_KEY``; none is sent
+when it is unset), redirects are refused (the key never follows one), retries with exponential
+back-off on 408/409/425/429/5xx, timeouts and broken replies, and URLs in messages are redacted.
 
-* Timeouts: each request has ``timeout`` seconds.
-* Retries: HTTP 408/409/429/5xx, timeouts and dropped connections are retried ``retries`` times
-  with exponential back-off (``backoff`` · 2^i seconds); other HTTP errors fail at once.
 * Concurrency: at most ``concurrency`` requests in flight (a thread pool).
 * Fail fast: :meth:`check_reachable` probes ``GET {base_url}/models`` once with a short timeout
   before any work, so an unreachable server is reported in seconds, not after every retry.
+* A reply whose content is ``null`` (or missing) is an :class:`EndpointError`: it is never turned
+  into an empty answer, so it is never cached nor judged.
 * Prefill: a conversation with a prefill sends it as a final assistant message with
   ``continue_final_message: true, add_generation_prompt: false`` (the vLLM extension); servers
   that ignore these fields treat the prefill as a finished assistant turn.
@@ -19,34 +19,20 @@ put in an error message; URLs in messages have any user:password and query strin
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 from safeft.eval.generation import Conversation, GenerationConfig, cut_at_stop
+from safeft.eval.http_client import ChatClient, EndpointError, public_url
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+__all__ = ["EndpointError", "OpenAIChatGenerator", "redact_url"]
 
-
-class EndpointError(ValueError):
-    """The endpoint is unreachable or keeps failing (the message holds the URL, never the key)."""
-
-
-def redact_url(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+#: ``url`` without user-info, query string or fragment
+redact_url = public_url
 
 
 @dataclass
@@ -59,60 +45,28 @@ class OpenAIChatGenerator:
     retries: int = 3
     concurrency: int = 4
     backoff: float = 0.5
+    what: str = "--endpoint"
 
     def __post_init__(self) -> None:
         self.base_url = self.base_url.rstrip("/")
         if self.concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+            raise ValueError(f"{self.what}: concurrency must be >= 1, got {self.concurrency}")
+        self.client = ChatClient(
+            self.base_url,
+            api_key_env=self.api_key_env or None,
+            timeout=self.timeout,
+            retries=self.retries,
+            backoff=self.backoff,
+            what=self.what,
+        )
 
     # -- identity ------------------------------------------------------------------------------------------
     def fingerprint(self) -> str:
         return hashlib.sha256(f"openai|{redact_url(self.base_url)}|{self.model}".encode()).hexdigest()[:16]
 
-    # -- HTTP ----------------------------------------------------------------------------------------------
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
     def check_reachable(self, timeout: float = 5.0) -> None:
-        """One quick ``GET /models``; any HTTP answer (even 404) proves the server is up."""
-        url = f"{self.base_url}/models"
-        request = urllib.request.Request(url, headers=self._headers(), method="GET")
-        try:
-            with urllib.request.urlopen(request, timeout=min(timeout, self.timeout)):
-                pass
-        except urllib.error.HTTPError:
-            return
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise EndpointError(f"cannot reach {redact_url(self.base_url)}: {reason}") from None
-
-    def _post(self, payload: dict) -> dict:
-        url = f"{self.base_url}/chat/completions"
-        data = json.dumps(payload).encode()
-        last_error = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            request = urllib.request.Request(url, data=data, headers=self._headers(), method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read().decode())
-            except urllib.error.HTTPError as exc:
-                last_error = f"HTTP {exc.code} {exc.reason}"
-                if exc.code not in RETRY_STATUS:
-                    break
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                last_error = str(getattr(exc, "reason", exc))
-            except json.JSONDecodeError:
-                last_error = "the reply is not JSON"
-            log.debug("POST %s failed (%s), attempt %d", redact_url(url), last_error, attempt + 1)
-        raise EndpointError(
-            f"request to {redact_url(url)} failed after {attempt + 1} attempt(s): {last_error}"
-        )
+        """One quick ``GET /models``; any HTTP answer but a redirect proves the server is up."""
+        self.client.check_reachable(timeout)
 
     def complete(self, conversation: Conversation) -> str:
         """One chat completion: the continuation text (prefill not included)."""
@@ -129,13 +83,7 @@ class OpenAIChatGenerator:
         if conversation.prefill:
             payload["messages"] = [*messages, {"role": "assistant", "content": conversation.prefill}]
             payload.update(continue_final_message=True, add_generation_prompt=False)
-        reply = self._post(payload)
-        try:
-            text = reply["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
-            raise EndpointError(
-                f"{redact_url(self.base_url)}/chat/completions returned no choices[0].message.content"
-            ) from None
+        text, _ = self.client.chat(payload)
         if conversation.prefill and text.startswith(conversation.prefill):
             text = text[len(conversation.prefill) :]  # some servers echo the prefilled text
         return cut_at_stop(text, cfg.stop)

@@ -22,41 +22,41 @@ Any reply that does not match its format exactly (surrounding whitespace and let
 a leading ``<think>...</think>`` block is removed when ``strip_think``) is ``unjudged``, never
 safe. ``score`` is ``None``: the endpoint gives no calibrated probability.
 
-Transport: stdlib ``urllib``, POST ``{base_url}/chat/completions``, ``temperature`` 0. The API key
-is read from the environment variable named by ``api_key_env`` (default ``OPENAI_API_KEY``) and
-sent only as ``Authorization: Bearer``; it is never logged or put in errors or verdicts (the URL
-shown in messages has its user-info and query string removed). HTTP 408/409/425/429/5xx, read
-timeouts and dropped connections are retried ``max_retries`` times with exponential backoff
-(honouring a numeric ``Retry-After`` up to 60 s); when retries run out the pair is ``unjudged``
-with the error in ``detail``. An endpoint that cannot be reached (refused connection, unknown
-host, or timeouts before it has ever answered) raises :class:`JudgeEndpointError` naming the URL
-at once, as do 4xx answers such as a rejected key. ``judge_many`` runs ``concurrency`` requests at
-a time in a thread pool and returns verdicts in input order.
+Transport: :class:`safeft.eval.http_client.ChatClient` (the one OpenAI-compatible client of
+safeft), POST ``{base_url}/chat/completions``, ``temperature`` 0. The API key is read from the
+environment variable named by ``api_key_env`` (default ``OPENAI_API_KEY``; on the command line
+``--judge-api-key-env``), sent only as ``Authorization: Bearer``, never across a redirect, and never
+logged or put in errors or verdicts (echoed text is redacted). Transient failures are retried
+``max_retries`` times with exponential backoff; when retries run out, or the reply holds no text
+(``content: null``, not JSON), the pair is ``unjudged`` with the error in ``detail``. An endpoint
+that cannot be reached, redirects, or answers 4xx raises :class:`JudgeEndpointError` naming the URL
+at once; :meth:`LLMJudge.check_reachable` probes it before a run. ``judge_many`` runs
+``concurrency`` requests at a time in a thread pool and returns verdicts in input order.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import logging
-import os
-import random
 import re
-import threading
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from safeft.eval.http_client import (
+    ChatClient,
+    EndpointError,
+    EndpointHTTPError,
+    EndpointReplyError,
+    EndpointRetriesExhausted,
+    EndpointUnreachable,
+    public_url,
+)
 from safeft.eval.judges.base import Label, Verdict
 
 log = logging.getLogger(__name__)
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 PROMPT_STYLES = ("rubric", "llama-guard", "llama-guard-native")
-RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+__all__ = ["JudgeEndpointError", "LLMJudge", "parse_guard", "parse_rubric", "public_url"]
 
 RUBRIC_SYSTEM = (
     "You are a strict evaluator of AI assistant responses. You decide whether the assistant "
@@ -122,16 +122,6 @@ class JudgeEndpointError(RuntimeError):
 def _excerpt(text: str, limit: int = 60) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def public_url(url: str) -> str:
-    """``url`` without user-info, query string or fragment: safe to print."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def parse_rubric(text: str, strip_think: bool = True) -> tuple[Label, dict[str, Any]]:
@@ -202,23 +192,24 @@ class LLMJudge:
             strip_think = strip_think.strip().lower() not in ("0", "false", "no", "off", "")
         if prompt_style not in PROMPT_STYLES:
             raise ValueError(f"prompt_style must be one of {', '.join(PROMPT_STYLES)}, not {prompt_style!r}")
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {public_url(base_url)!r}")
         if concurrency < 1 or max_retries < 0 or timeout <= 0:
             raise ValueError("concurrency >= 1, max_retries >= 0 and timeout > 0 are required")
-        parts = urllib.parse.urlsplit(base_url)
-        path = parts.path.rstrip("/")
-        if not path.endswith("/chat/completions"):
-            path += "/chat/completions"
-        self.url = urllib.parse.urlunsplit(parts._replace(path=path))
-        self.display_url = public_url(self.url)
         self.model = model
         self.prompt_style = prompt_style
         self.api_key_env = api_key_env or DEFAULT_API_KEY_ENV
-        self._api_key = os.environ.get(self.api_key_env) or None
-        if self._api_key is None:
-            if api_key_env is not None:
-                raise ValueError(f"environment variable {api_key_env} (the judge's API key) is not set")
+        self._client = ChatClient(
+            base_url,
+            api_key_env=self.api_key_env,
+            require_key=api_key_env is not None,
+            timeout=timeout,
+            retries=max_retries,
+            backoff=backoff,
+            what="LLM judge endpoint",
+            headers=headers,
+        )
+        self.url = self._client.chat_url
+        self.display_url = self._client.display_url
+        if not self._client.has_key:
             log.info("no $%s set: calling %s without an API key", self.api_key_env, self.display_url)
         self.timeout = timeout
         self.max_retries = max_retries
@@ -226,8 +217,7 @@ class LLMJudge:
         self.concurrency = concurrency
         self.max_tokens = max_tokens
         self.strip_think = strip_think
-        self._headers = dict(headers or {})
-        self._answered = threading.Event()  # set once the endpoint has answered anything
+        self._answered = self._client.answered  # set once the endpoint has answered anything
 
     def __repr__(self) -> str:
         return (
@@ -255,94 +245,30 @@ class LLMJudge:
 
     # -------------------------------------------------------------------------------- transport
     def _redact(self, text: str) -> str:
-        if self._api_key:
-            text = text.replace(self._api_key, "***")
-        return text
+        return self._client.redact(text)
 
-    def _delay(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after is not None:
-            try:
-                return min(60.0, max(0.0, float(retry_after)))
-            except ValueError:
-                pass
-        return self.backoff * (2**attempt) * (1.0 + 0.25 * random.random())
-
-    def _unreachable(self, reason: object) -> JudgeEndpointError:
-        return JudgeEndpointError(
-            f"cannot reach the LLM judge endpoint {self.display_url}: {self._redact(str(reason))} "
-            "(is the server running and the URL right?)"
-        )
+    def check_reachable(self, timeout: float = 5.0) -> None:
+        """Probe the endpoint once (``GET /models``) so a run fails before any generation."""
+        try:
+            self._client.check_reachable(timeout)
+        except EndpointError as exc:
+            raise JudgeEndpointError(str(exc)) from None
 
     def complete(self, messages: list[dict[str, str]]) -> tuple[str | None, dict[str, Any]]:
-        """POST one chat completion; returns (reply text or None, detail). Transient failures are
-        retried; when they persist the text is None and ``detail["error"]`` says why. Raises
-        :class:`JudgeEndpointError` for an unreachable endpoint or a 4xx answer."""
-        body = {
-            "model": self.model,
-            "messages": messages,
-            "temperature": 0,
-            "max_tokens": self.max_tokens,
-        }
-        data = json.dumps(body).encode("utf-8")
-        headers = {"Content-Type": "application/json", "Accept": "application/json", **self._headers}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        error, delay = "", 0.0
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(delay)
-            retry_after: str | None = None
-            req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-            log.debug("POST %s (attempt %d/%d)", self.display_url, attempt + 1, self.max_retries + 1)
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    raw = resp.read()
-                self._answered.set()
-            except urllib.error.HTTPError as exc:
-                self._answered.set()
-                try:
-                    err_body = exc.read().decode("utf-8", "replace")
-                except Exception:
-                    err_body = ""
-                snippet = _excerpt(self._redact(err_body), 120)
-                if exc.code in RETRY_STATUSES:
-                    error = f"HTTP {exc.code}"
-                    retry_after = exc.headers.get("Retry-After") if exc.headers else None
-                    log.warning("%s answered HTTP %d (attempt %d)", self.display_url, exc.code, attempt + 1)
-                    delay = self._delay(attempt, retry_after)
-                    continue
-                hint = f" (check ${self.api_key_env})" if exc.code in (401, 403) else ""
-                raise JudgeEndpointError(
-                    f"LLM judge endpoint {self.display_url} answered HTTP {exc.code}{hint}: {snippet}"
-                ) from None
-            except urllib.error.URLError as exc:
-                if not isinstance(exc.reason, TimeoutError):
-                    raise self._unreachable(exc.reason) from None
-                if not self._answered.is_set() and attempt == self.max_retries:
-                    raise self._unreachable(f"timed out after {self.timeout}s") from None
-                error = f"timed out after {self.timeout}s"
-                delay = self._delay(attempt, None)
-                continue
-            except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
-                if isinstance(exc, TimeoutError):
-                    error = f"timed out after {self.timeout}s"
-                else:
-                    error = f"{type(exc).__name__} while reading the reply"
-                if not self._answered.is_set() and attempt == self.max_retries:
-                    raise self._unreachable(error) from None
-                log.warning("%s: %s (attempt %d)", self.display_url, error, attempt + 1)
-                delay = self._delay(attempt, None)
-                continue
-            try:
-                payload = json.loads(raw)
-                text = payload["choices"][0]["message"]["content"]
-            except (ValueError, KeyError, IndexError, TypeError):
-                raw_text = _excerpt(self._redact(raw.decode("utf-8", "replace")))
-                return None, {"error": "reply is not an OpenAI chat completion", "raw": raw_text}
-            if not isinstance(text, str):
-                return None, {"error": "reply has no text content"}
-            return text, {"attempts": attempt + 1}
-        return None, {"error": f"gave up after {self.max_retries + 1} attempts: {error}"}
+        """POST one chat completion through :class:`~safeft.eval.http_client.ChatClient`; returns
+        (reply text or None, detail). Transient failures are retried; when they persist, or the reply
+        holds no text, the text is None and ``detail["error"]`` says why. Raises
+        :class:`JudgeEndpointError` for an unreachable endpoint, a redirect or a 4xx answer."""
+        body = {"model": self.model, "messages": messages, "temperature": 0, "max_tokens": self.max_tokens}
+        try:
+            text, attempts = self._client.chat(body)
+        except (EndpointUnreachable, EndpointHTTPError) as exc:
+            raise JudgeEndpointError(str(exc)) from None
+        except EndpointRetriesExhausted as exc:
+            return None, {"error": str(exc)}
+        except EndpointReplyError as exc:
+            return None, {"error": "reply is not an OpenAI chat completion with text", "raw": str(exc)}
+        return text, {"attempts": attempts}
 
     # ------------------------------------------------------------------------------------ judge
     def judge(self, prompt: str, response: str) -> Verdict:
@@ -353,7 +279,7 @@ class LLMJudge:
             return Verdict("unjudged", None, detail)
         label, extra = self.parse(text)
         detail.update(extra)
-        detail["raw"] = _excerpt(text)
+        detail["raw"] = _excerpt(self._redact(text))
         return Verdict(label, None, detail)
 
     def judge_many(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
