@@ -72,6 +72,12 @@ def register(subparsers: Any) -> None:
     a.add_argument("--pair-attacker", help="PAIR attacker: local model name/dir (default: the target)")
     a.add_argument("--pair-attacker-endpoint", help="PAIR attacker: OpenAI-compatible base URL")
     a.add_argument("--pair-attacker-model", help="PAIR attacker: served model name at that endpoint")
+    a.add_argument("--autodan-steps", type=int, help="AutoDAN generations per prompt (default 10)")
+    a.add_argument("--autodan-population", type=int, help="AutoDAN templates per generation (default 16)")
+    a.add_argument("--autodan-seconds", type=float, help="AutoDAN wall-time budget per prompt")
+    a.add_argument("--autodan-target", help="AutoDAN target string for prompts without one (Sure, here is)")
+    a.add_argument("--autodan-mutator-endpoint", help="AutoDAN LLM mutator: OpenAI-compatible base URL")
+    a.add_argument("--autodan-mutator-model", help="AutoDAN LLM mutator: served model name")
     p.add_argument("--label", help="name of this run in reports")
     p.add_argument("--no-report", action="store_true", help="write results.json only")
     p.set_defaults(handler=run)
@@ -120,6 +126,9 @@ def build_suite(args: argparse.Namespace):
         opts["scheme"] = args.cipher_scheme
     if args.pair_iters is not None:
         opts["iters"] = args.pair_iters
+    for name in ("autodan_steps", "autodan_population", "autodan_seconds", "autodan_target"):
+        if getattr(args, name, None) is not None:
+            opts[name] = getattr(args, name)
     if args.judge:
         suite.judge = args.judge
     return suite
@@ -178,6 +187,11 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
     if args.endpoint and args.adapter:
         raise ValueError("--adapter applies to a local model; with --endpoint, serve the adapter instead")
+    if args.endpoint and any("autodan" in s.attacks for s in suite.safety):
+        raise ValueError(
+            "attack 'autodan' needs the target's log-probabilities (white-box fitness), which --endpoint "
+            "does not give: evaluate autodan with a local --model, or drop it from --attacks"
+        )
     if args.endpoint:
         generator, fingerprint = _endpoint_generator(args.endpoint, args.model, args, suite.generation)
         backend = "openai"
@@ -198,6 +212,13 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
     info = ModelInfo(args.model, fingerprint, args.adapter, backend, args.label)
     runner = EvalRunner(suite, generator, info, judge, args.out, args.limit, args.seed, attacker, attacker_fp)
+    if args.autodan_mutator_endpoint and any("autodan" in s.attacks for s in suite.safety):
+        import dataclasses
+
+        long_gen = dataclasses.replace(suite.generation, max_new_tokens=512)  # a whole template
+        runner.autodan_mutator = _endpoint_generator(  # type: ignore[attr-defined]
+            args.autodan_mutator_endpoint, args.autodan_mutator_model or args.model, args, long_gen
+        )
     results = runner.run()
     print(summary_table(results))
     if not args.no_report:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from safeft.eval.attacks import BaseAttack, expand_attacks
+from safeft.eval.attacks.autodan import AutoDANAttack, run_autodan
 from safeft.eval.attacks.pair import PairAttack
 from safeft.eval.cache import GenerationCache, generation_key
 from safeft.eval.generation import Conversation, Generator
@@ -163,6 +164,8 @@ class EvalRunner:
         return [v.label for v in verdicts]
 
     def run_attack(self, attack: BaseAttack, spec: SetSpec, records: list[PromptRecord]) -> dict | None:
+        if isinstance(attack, AutoDANAttack):  # white-box GA: fitness from self.generator's model
+            return run_autodan(self, attack, spec, records)
         if attack.iterative:
             return self.run_pair(attack, spec, records)  # type: ignore[arg-type]
         pairs = [(r, attack.apply(r)) for r in records]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from safeft.eval.attacks.autodan import AutoDANAttack
 from safeft.eval.attacks.base import Attack, BaseAttack
 from safeft.eval.attacks.cipher import CipherAttack
 from safeft.eval.attacks.codeattack import CodeAttack
@@ -26,6 +27,7 @@ ATTACKS: dict[str, type[BaseAttack]] = {
     "cipher": CipherAttack,
     "jailbreak-template": JailbreakTemplateAttack,
     "pair": PairAttack,
+    "autodan": AutoDANAttack,
 }
 
 
