@@ -2,7 +2,7 @@
 
 Two same-architecture models: for each targeted layer, read W_aligned and W_unaligned (streamed from
 safetensors when the model is a directory, see :mod:`safeft.asft.weights`), form V = W_a - W_u for
-that one layer, take its SVD (:func:`~safeft.asft.spectral.dense_spectrum`), keep U_k / S (/ F),
+that one layer, take its SVD (:func:`~safeft.asft.spectral.dense_spectrum`), keep U_k / S / W_k (/ F),
 and drop V before the next layer. Peak memory: at most one loaded model plus one layer.
 
 A model plus a LoRA adapter (``--aligned ADAPTER --unaligned BASE``, or the other way round): V is
@@ -95,6 +95,7 @@ def _layer(
         shape=spec.shape,
         U=spec.U[:, :k].to("cpu", torch.float32).contiguous(),
         S=spec.S.to("cpu", torch.float32).contiguous(),
+        W=spec.W[:, :k].to("cpu", torch.float32).contiguous() if spec.W is not None else None,
         F=spec.left_factor().to("cpu", torch.float32).contiguous() if paper else None,
         fro_norm=spec.fro_sq**0.5,
         aligned_norm=float(w_aligned.norm()),

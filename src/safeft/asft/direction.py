@@ -4,14 +4,17 @@ For every targeted linear layer (weight d_out x d_in) a direction stores, never 
 
 * ``U``: the top-k left singular vectors U_k of V (d_out x k) — the ``svd`` projector C = U_k U_k^T;
 * ``S``: all non-zero singular values of V (descending) — the spectrum, for the summary;
+* ``W`` (directions built since the anti-direction penalty): the top-k right singular vectors W_k
+  (d_in x k), so that V_k = U_k diag(S_k) W_k^T, the rank-k part of V, is available for inner
+  products <dW, V_k>_F (older files lack it; only ``anti_direction_lambda`` needs it);
 * ``F`` (optional, ``paper``): the left factor U diag(S) of V's thin SVD (d_out x rank(V)), so that
   the paper's C = V V^T / ||V||_F = F F^T / ||F||_F;
 * scalars: ||V||_F, ||W_aligned||_F and ||W_unaligned||_F (to recognise the model it belongs to).
 
-On disk a direction is a folder with ``direction.safetensors`` (tensors ``<module>.U``, ``<module>.S``,
-``<module>.F``; the JSON summary in the header metadata) and ``direction.json`` (the same summary,
-human readable: per layer ||V||_F, energy captured by k = sum_{i<=k} S_i^2 / ||V||_F^2,
-S_1^2 / ||V||_F^2, shapes, and the model names/fingerprints).
+On disk a direction is a folder with ``direction.safetensors`` (tensors ``<module>.U``,
+``<module>.S``, ``<module>.F``, ``<module>.W``; the JSON summary in the header metadata) and
+``direction.json`` (the same summary, human readable: per layer ||V||_F, energy captured by k =
+sum_{i<=k} S_i^2 / ||V||_F^2, S_1^2 / ||V||_F^2, shapes, and the model names/fingerprints).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class LayerDirection:
     unaligned_norm: float
     source: str = "dense"  # dense: two models; lora: a model plus a LoRA adapter (exact low rank)
     F: Tensor | None = None
+    W: Tensor | None = None  # top-k right singular vectors (d_in x k)
 
     @property
     def k(self) -> int:
@@ -99,6 +103,24 @@ class LayerDirection:
             return PaperProjector(self.F, torch.tensor(self.fro_norm, dtype=self.F.dtype))
         raise DirectionError(f"unknown projector {variant!r}; expected 'svd' or 'paper'")
 
+    def unit_lowrank(self, k: int | None = None) -> tuple[Tensor, Tensor]:
+        """``(P, W_k)`` with ``P = U_k diag(S_k) / ||V_k||_F`` (d_out x k) and W_k (d_in x k), so that
+        ``P W_k^T = V_k / ||V_k||_F``, the unit vector along the rank-k part of V."""
+        if self.W is None:
+            raise DirectionError(
+                f"the direction has no right singular vectors for {self.name} (built by an older "
+                "safeft); recompute it with `safeft direction` to use anti_direction_lambda"
+            )
+        k = self.k if k is None else k
+        if k > self.k:
+            raise DirectionError(
+                f"rank {k} exceeds the {self.k} directions stored for {self.name}; recompute the "
+                f"direction with a larger --rank"
+            )
+        S = self.S[:k]
+        P = self.U[:, :k] * (S / S.double().square().sum().sqrt().to(S.dtype)).unsqueeze(0)
+        return P, self.W[:, :k]
+
 
 @dataclass
 class Direction:
@@ -106,6 +128,10 @@ class Direction:
 
     layers: dict[str, LayerDirection]
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_right_vectors(self) -> bool:
+        return bool(self.layers) and all(layer.W is not None for layer in self.layers.values())
 
     @property
     def has_paper(self) -> bool:
@@ -133,6 +159,8 @@ class Direction:
             tensors[f"{name}.S"] = layer.S.to(torch.float32).contiguous()
             if layer.F is not None:
                 tensors[f"{name}.F"] = layer.F.to(torch.float32).contiguous()
+            if layer.W is not None:
+                tensors[f"{name}.W"] = layer.W.to(torch.float32).contiguous()
         summary = self.summary()
         save_file(tensors, out / TENSOR_FILE, metadata={"format": FORMAT, "summary": json.dumps(summary)})
         (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
@@ -164,6 +192,7 @@ class Direction:
                     U=f.get_tensor(f"{name}.U"),
                     S=f.get_tensor(f"{name}.S"),
                     F=f.get_tensor(f"{name}.F") if f"{name}.F" in keys else None,
+                    W=f.get_tensor(f"{name}.W") if f"{name}.W" in keys else None,
                     fro_norm=float(s["fro_norm"]),
                     aligned_norm=float(s["aligned_norm"]),
                     unaligned_norm=float(s["unaligned_norm"]),

@@ -15,7 +15,25 @@ d_out + d_in) r^2)), never dW (d_out x d_in) nor C (d_out x d_out). For ``paper`
 not a projector, see :mod:`safeft.asft.projectors`) the same formula holds with
 B^T C B = X^T X / n and B^T C^2 B = Y^T Y / n^2, X = F^T B, Y = F X.
 
-The AsFT objective is ``task_loss + lambda * penalty`` with the penalty summed over all LoRA layers.
+**Anti-direction term** (safeft's addition, ``anti_direction_lambda``). Both projectors leave (svd)
+or barely charge (paper) updates *inside* span(U_k), and that span contains the way back to the
+unaligned weights, -V. With V_k = U_k diag(S_k) W_k^T the rank-k part of V and
+a_l = <dW_l, V_k,l>_F / ||V_k,l||_F the signed length of dW_l along the unit alignment direction,
+
+    anti = sum_layers relu(-a_l)^2
+
+charges only the part of an update that *undoes* alignment (a_l < 0), quadratically like the AsFT
+term (same units, ||dW||^2), and leaves moving further along +V free. Factorised with
+P = U_k diag(S_k) / ||V_k||_F (d_out x k) and W_k (d_in x k):
+
+    <s B A, P W_k^T>_F = s tr(A^T B^T P W_k^T) = s <A W_k, B^T P>_F      (two r x k products)
+
+It needs W_k, which ``direction.safetensors`` stores (``<module>.W``). It is a 1-D constraint per
+layer (the other in-subspace moves stay free); V_k instead of V keeps it consistent with the svd
+subspace and exact when V has rank <= k (e.g. a direction built from a LoRA adapter).
+
+The AsFT objective is ``task_loss + lambda * penalty (+ anti_direction_lambda * anti)`` with each
+term summed over all LoRA layers.
 :class:`AsFTPenalty` binds a :class:`~safeft.asft.direction.Direction` to a PEFT model once, groups
 layers of equal shape and evaluates each group with a handful of batched matmuls, in float32 with
 autocast off. Gradients flow into the LoRA factors only: the projector factors are constant buffers.
@@ -58,6 +76,20 @@ def lora_alignment_cosine(A: Tensor, B: Tensor, projector: Projector) -> Tensor:
     return inner / (c_sq.sqrt() * d_sq.sqrt())
 
 
+def lora_alignment_projection(A: Tensor, B: Tensor, scale: float | Tensor, P: Tensor, W: Tensor) -> Tensor:
+    """``a = <s B A, P W^T>_F`` per layer, factorised as ``s <A W, B^T P>_F``. Shapes: A (..., r, d_in),
+    B (..., d_out, r), P (..., d_out, k), W (..., d_in, k). With ``P W^T = V_k / ||V_k||_F`` this is the
+    signed length of dW along the unit alignment direction."""
+    scale = torch.as_tensor(scale, dtype=A.dtype, device=A.device)
+    return scale * ((A @ W) * (B.mT @ P)).sum(dim=(-2, -1))
+
+
+def naive_anti_direction(A: Tensor, B: Tensor, scale: float, V: Tensor) -> Tensor:
+    """Reference: ``relu(-<s B A, V>_F / ||V||_F)^2`` with dW and V dense. Tests only."""
+    a = (scale * (B @ A) * V).sum(dim=(-2, -1)) / V.norm(dim=(-2, -1))
+    return torch.relu(-a) ** 2
+
+
 def naive_residual(A: Tensor, B: Tensor, scale: float, C: Tensor) -> Tensor:
     """Reference: materialise dW (d_out x d_in) and C (d_out x d_out). Tests and benchmarks only."""
     dW = scale * (B @ A)
@@ -82,7 +114,16 @@ class _Group:
     modules: list[nn.Module]
     scale_sq: Tensor  # (L,)
     projector: Projector
+    anti: tuple[Tensor, Tensor] | None = None  # (P, W): (L, d_out, k), (L, d_in, k), zero-padded
     cache: dict[tuple, tuple[Projector, Tensor]] = field(default_factory=dict)
+    anti_cache: dict[tuple, tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+    def anti_on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        key = (device.type, device.index)
+        if key not in self.anti_cache:
+            assert self.anti is not None
+            self.anti_cache[key] = tuple(t.to(device=device, dtype=torch.float32) for t in self.anti)  # type: ignore[assignment]
+        return self.anti_cache[key]
 
     def on(self, device: torch.device) -> tuple[Projector, Tensor]:
         key = (device.type, device.index)
@@ -92,6 +133,12 @@ class _Group:
                 self.scale_sq.to(device=device, dtype=torch.float32),
             )
         return self.cache[key]
+
+
+def _stack_padded(mats: list[Tensor]) -> Tensor:
+    """Stack (d, k_l) matrices into (L, d, max k), zero-padding the columns."""
+    width = max(m.shape[1] for m in mats)
+    return torch.stack([nn.functional.pad(m.float(), (0, width - m.shape[1])) for m in mats])
 
 
 def _stack_projector(variant: str, projectors: list[Projector]) -> Projector:
@@ -112,6 +159,8 @@ class AsFTPenalty:
     ``check_weights``, that the model's base weights are the aligned weights the direction was built
     on (||W||_F within 1e-3). Layers the direction covers but the LoRA does not are ignored.
     ``use_lora_scale=False`` penalises B A instead of s B A (the official code's convention).
+    ``anti_direction=True`` also binds V_k's factors for :meth:`anti_direction` (needs a direction
+    with right singular vectors ``W``).
     """
 
     def __init__(
@@ -123,6 +172,7 @@ class AsFTPenalty:
         adapter_name: str = "default",
         check_weights: bool = True,
         use_lora_scale: bool = True,
+        anti_direction: bool = False,
     ):
         if variant not in VARIANTS:
             raise DirectionError(f"unknown projector {variant!r}; expected one of {VARIANTS}")
@@ -143,7 +193,7 @@ class AsFTPenalty:
         unused = len(direction.layers) - len(lora)
         if unused:
             log.info("direction covers %d layers the LoRA does not adapt; ignoring them", unused)
-        groups: dict[tuple[int, int, int], list[tuple[str, nn.Module, Projector, float]]] = {}
+        groups: dict[tuple[int, int, int], list[tuple[str, nn.Module, Projector, float, tuple | None]]] = {}
         for name, module in lora.items():
             A = module.lora_A[adapter_name].weight
             B = module.lora_B[adapter_name].weight
@@ -157,8 +207,9 @@ class AsFTPenalty:
                     f"the direction has {layer.shape}"
                 )
             scale = float(module.scaling[adapter_name]) if use_lora_scale else 1.0
+            anti = layer.unit_lowrank(rank) if anti_direction else None
             groups.setdefault((layer.shape[0], layer.shape[1], int(A.shape[0])), []).append(
-                (name, module, layer.projector(variant, rank), scale)
+                (name, module, layer.projector(variant, rank), scale, anti)
             )
         self.groups = [
             _Group(
@@ -166,10 +217,16 @@ class AsFTPenalty:
                 modules=[g[1] for g in items],
                 scale_sq=torch.tensor([g[3] ** 2 for g in items], dtype=torch.float32),
                 projector=_stack_projector(variant, [g[2] for g in items]),
+                anti=(
+                    (_stack_padded([g[4][0] for g in items]), _stack_padded([g[4][1] for g in items]))
+                    if anti_direction
+                    else None
+                ),
             )
             for items in groups.values()
         ]
         self.n_layers = len(lora)
+        self.has_anti = anti_direction
 
     def _factors(self, group: _Group) -> tuple[Tensor, Tensor]:
         ad = self.adapter_name
@@ -197,3 +254,21 @@ class AsFTPenalty:
     def __call__(self) -> Tensor:
         """The summed penalty (a float32 scalar with gradients into the LoRA A/B factors)."""
         return torch.stack([v.sum() for v in self._group_values()]).sum()
+
+    def alignment_projections(self) -> dict[str, Tensor]:
+        """Each layer's ``a_l = <dW_l, V_k,l>_F / ||V_k,l||_F`` (differentiable; needs ``anti_direction``)."""
+        if not self.has_anti:
+            raise DirectionError("bind the penalty with anti_direction=True to use the anti-direction term")
+        out: dict[str, Tensor] = {}
+        for group in self.groups:
+            A, B = self._factors(group)
+            with torch.autocast(device_type=A.device.type, enabled=False):
+                P, W = group.anti_on(A.device)
+                _, scale_sq = group.on(A.device)
+                a = lora_alignment_projection(A, B, scale_sq.sqrt(), P, W)
+            out.update(zip(group.names, a.unbind(0), strict=True))
+        return out
+
+    def anti_direction(self) -> Tensor:
+        """``sum_layers relu(-a_l)^2`` (float32 scalar, gradients into the LoRA factors only)."""
+        return torch.stack([torch.relu(-a) ** 2 for a in self.alignment_projections().values()]).sum()

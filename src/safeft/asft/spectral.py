@@ -1,6 +1,6 @@
 """Singular spectra of alignment deltas ``V = W_aligned - W_unaligned`` (one linear layer).
 
-Two exact routes, both returning the thin left singular basis and singular values of V:
+Two exact routes, both returning the thin singular bases and singular values of V:
 
 * dense V (d_out x d_in): ``torch.linalg.svd(V, full_matrices=False)``;
 * low-rank V = s * B_a A_a from a LoRA adapter (B_a: d_out x r, A_a: r x d_in): with the reduced QR
@@ -9,7 +9,8 @@ Two exact routes, both returning the thin left singular basis and singular value
       V = Q_b (s R_b R_a^T) Q_a^T,
 
   so the SVD of the r x r core ``s R_b R_a^T = U_c diag(S) W_c^T`` gives V's SVD exactly:
-  U = Q_b U_c (d_out x r), same singular values. Nothing of size d_out x d_in is formed.
+  U = Q_b U_c (d_out x r), W = Q_a W_c (d_in x r), same singular values. Nothing of size
+  d_out x d_in is formed.
 
 Directions with singular values below the numerical-rank tolerance ``S_1 * max(d_out, d_in) * eps``
 are dropped: their left vectors are arbitrary and would widen the "safe" subspace at random.
@@ -25,16 +26,18 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Spectrum:
-    """Thin SVD of V restricted to its numerical rank m: ``V = U diag(S) W^T`` (W is not kept).
+    """Thin SVD of V restricted to its numerical rank m: ``V = U diag(S) W^T``.
 
     ``U``: d_out x m, orthonormal columns; ``S``: m singular values, descending; ``fro_sq`` = ||V||_F^2
-    (= sum S^2, kept separately because it is the denominator of every energy ratio).
+    (= sum S^2, kept separately because it is the denominator of every energy ratio); ``W``: d_in x m,
+    the right singular vectors (needed for inner products <dW, V>_F, e.g. the anti-direction penalty).
     """
 
     U: Tensor
     S: Tensor
     fro_sq: float
     shape: tuple[int, int]
+    W: Tensor | None = None
 
     @property
     def rank(self) -> int:
@@ -55,12 +58,12 @@ class Spectrum:
         return self.U * self.S.unsqueeze(0)
 
 
-def _truncate(U: Tensor, S: Tensor, shape: tuple[int, int]) -> tuple[Tensor, Tensor]:
+def _truncate(U: Tensor, S: Tensor, W: Tensor, shape: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
     if S.numel() == 0 or float(S[0]) == 0.0:
-        return U[:, :0], S[:0]
+        return U[:, :0], S[:0], W[:, :0]
     tol = float(S[0]) * max(shape) * torch.finfo(S.dtype).eps
     m = int((tol < S).sum())
-    return U[:, :m], S[:m]
+    return U[:, :m], S[:m], W[:, :m]
 
 
 def dense_spectrum(V: Tensor) -> Spectrum:
@@ -68,10 +71,10 @@ def dense_spectrum(V: Tensor) -> Spectrum:
     if V.ndim != 2:
         raise ValueError(f"expected a matrix, got shape {tuple(V.shape)}")
     shape = (int(V.shape[0]), int(V.shape[1]))
-    U, S, _ = torch.linalg.svd(V, full_matrices=False)
+    U, S, Vh = torch.linalg.svd(V, full_matrices=False)
     fro_sq = float((S.double() ** 2).sum())
-    U, S = _truncate(U, S, shape)
-    return Spectrum(U=U, S=S, fro_sq=fro_sq, shape=shape)
+    U, S, W = _truncate(U, S, Vh.mT, shape)
+    return Spectrum(U=U, S=S, fro_sq=fro_sq, shape=shape, W=W)
 
 
 def lowrank_spectrum(B: Tensor, A: Tensor, scale: float) -> Spectrum:
@@ -80,9 +83,9 @@ def lowrank_spectrum(B: Tensor, A: Tensor, scale: float) -> Spectrum:
         raise ValueError(f"incompatible LoRA factors B {tuple(B.shape)} and A {tuple(A.shape)}")
     shape = (int(B.shape[0]), int(A.shape[1]))
     Qb, Rb = torch.linalg.qr(B, mode="reduced")
-    _, Ra = torch.linalg.qr(A.mT, mode="reduced")  # A^T = Q_a R_a; Q_a is not needed for U
+    Qa, Ra = torch.linalg.qr(A.mT, mode="reduced")  # A^T = Q_a R_a
     core = scale * (Rb @ Ra.mT)
-    Uc, S, _ = torch.linalg.svd(core, full_matrices=False)
+    Uc, S, Wch = torch.linalg.svd(core, full_matrices=False)
     fro_sq = float((S.double() ** 2).sum())
-    U, S = _truncate(Qb @ Uc, S, shape)
-    return Spectrum(U=U, S=S, fro_sq=fro_sq, shape=shape)
+    U, S, W = _truncate(Qb @ Uc, S, Qa @ Wch.mT, shape)
+    return Spectrum(U=U, S=S, fro_sq=fro_sq, shape=shape, W=W)
