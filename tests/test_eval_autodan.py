@@ -243,3 +243,43 @@ def test_hf_generator_is_accepted(tiny, tmp_path):
     attack = AutoDANAttack(autodan_steps=1, autodan_population=3)
     summary = run_autodan(runner, attack, suite.safety[0], [RECORD])
     assert summary["params"]["seed"] == 5 and summary["cost"]["per_prompt"][0]["steps"] <= 1
+
+
+@pytest.mark.parametrize("name", ["derta_table.yaml", "derta_table_cpu.yaml"])
+def test_derta_table_suites_name_the_six_columns(name):
+    from pathlib import Path
+
+    from safeft.eval.suite import load_suite
+
+    from conftest import shared_file
+
+    shared_file("derta/safety_codeattack.json")
+    suite = load_suite(Path(__file__).resolve().parents[1] / "suites" / name)
+    cells = {f"{a}@{s.label}" for s in suite.safety for a in s.attacks}
+    assert cells == {
+        "direct@codeattack",
+        "pair@advbench",
+        "direct@jailbreakchat",
+        "direct@selfcipher",
+        "direct@completionattack",
+        "autodan@advbench",
+    }
+    for s in suite.safety:
+        assert suite.resolve(s.path).is_file()
+
+
+def test_derta_table_cpu_suite_runs_on_the_tiny_model(tiny_model_dir, tmp_path):
+    from pathlib import Path
+
+    from conftest import shared_file
+
+    shared_file("derta/safety_codeattack.json")
+    suite = Path(__file__).resolve().parents[1] / "suites" / "derta_table_cpu.yaml"
+    out = tmp_path / "table"
+    argv = ["eval", "--model", str(tiny_model_dir), "--suite", str(suite), "--limit", "1"]
+    argv += ["--max-new-tokens", "3", "--pair-iters", "1", "--autodan-steps", "1"]
+    argv += ["--autodan-population", "2", "--no-report", "--out", str(out)]
+    assert main(argv) == 0
+    attacks = json.loads((out / "results.json").read_text())["attacks"]
+    assert len(attacks) == 6 and attacks["autodan@advbench"]["cost"]["per_prompt"][0]["steps"] <= 1
+    assert all(s["n_total"] == 1 for s in attacks.values())
