@@ -121,7 +121,7 @@ def test_bad_rows_name_origin_and_field(fmt):
     [
         (True, True, {"prefix": 3, "rto": 3, "helpful": 0}),
         (True, False, {"prefix": 3, "rto": 0, "helpful": 0}),
-        (False, True, {"prefix": 0, "rto": 3, "helpful": 0}),
+        (False, True, {"prefix": 3, "rto": 3, "helpful": 0}),  # "+RTO": plain refusal rows + RTO rows
         (False, False, {"prefix": 3, "rto": 0, "helpful": 0}),
     ],
 )
@@ -132,8 +132,10 @@ def test_ablation_switches(fmt, prefix, rto, expected):
     examples, stats = build_derta_examples(triples, [], fmt, prefix=prefix, rto=rto, seed=1)
     counts = {t: sum(e.row_type == t for e in examples) for t in ("prefix", "rto", "helpful")}
     assert counts == expected
-    if not prefix and not rto:  # vanilla safety SFT: the refusal starts at position 0
+    if not prefix:  # vanilla safety SFT and "+RTO": the refusal starts at position 0
         assert stats.prefix_words == [0, 0, 0]
+    else:
+        assert any(k > 0 for k in stats.prefix_words)
 
 
 def test_build_is_reproducible(fmt):

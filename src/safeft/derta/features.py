@@ -4,8 +4,9 @@ From a safety triple (q, h, s) = (query, harmful answer, refusal):
 
 * **MLE with harmful response prefix**: input ``chat(q) + h[:k] + s``, MLE loss on ``s`` (and the
   end-of-turn tokens) only. ``h[:k]`` is the first ``k`` whitespace-separated words of ``h`` with
-  ``k ~ U{1, ..., n_words - 2}``; a fraction ``prefix_zero_fraction`` (reference: 1/3) of rows get
-  ``k = 0``, the plain safety-SFT row.
+  ``k ~ U{1, ..., n_words - 2}``; a fraction ``prefix_zero_fraction`` of rows get ``k = 0``, the plain
+  safety-SFT row (1/3 in the official data script, RobustNLP/DeRTa ``data/train/generate_training_data.py``:
+  ``if i % 3 == 0: ids = 0``).
 * **Reinforced Transition Optimization (RTO)**: input ``chat(q) + h``; at *every* position
   ``t = 0 .. |h|`` the target is the refusal token ``r`` ("Sorry"):
   ``L_RTO = -sum_t log p(r | q, h[:t])``. The ordinary next tokens of ``h`` are never trained.
@@ -140,9 +141,17 @@ def build_derta_examples(
     max_length: int = 512,
     seed: int = 0,
 ) -> tuple[list[Example], DeRTaRowStats]:
-    """All training rows of a DeRTa run (reference mix: every helpful row, and per safety triple one
-    prefix row and one RTO row). ``prefix=False, rto=False`` gives the vanilla safety-SFT baseline
-    (refusal at position 0 only); ``rto=False`` is MLE-with-prefix only; ``prefix=False`` RTO only."""
+    """All training rows of a DeRTa run: every helpful row, and per safety triple one MLE safety row and
+    one RTO row (the official mix, ``generate_training_data.py``: ``Sorry_data[:3000] +
+    Concate_refuse_data[:3000]`` from the same triples).
+
+    Ablations, as in the paper's ablation rows:
+
+    * ``prefix=True, rto=True``: DeRTa (harmful-prefix MLE row + RTO row per triple);
+    * ``prefix=True, rto=False``: MLE with harmful prefix only;
+    * ``prefix=False, rto=True``: "+RTO": a plain refusal row (``k = 0``) + an RTO row per triple;
+    * ``prefix=False, rto=False``: vanilla safety SFT, a plain refusal row per triple (position 0 only).
+    """
     rng = random.Random(seed)
     stats = DeRTaRowStats()
     refusal_token_id = fmt.single_token(refusal_token)
@@ -155,13 +164,12 @@ def build_derta_examples(
         )
     examples: list[Example] = []
     for triple in triples:
-        if prefix or not rto:
-            n_words = len(_WORD.findall(triple.harmful_response))
-            k = draw_prefix_words(n_words, rng, prefix_zero_fraction) if prefix else 0
-            row = encode_prefix_row(fmt, triple, k, max_length, stats.truncations)
-            if row is not None:
-                stats.prefix_words.append(k)
-                examples.append(row)
+        n_words = len(_WORD.findall(triple.harmful_response))
+        k = draw_prefix_words(n_words, rng, prefix_zero_fraction) if prefix else 0
+        row = encode_prefix_row(fmt, triple, k, max_length, stats.truncations)
+        if row is not None:
+            stats.prefix_words.append(k)
+            examples.append(row)
         if rto:
             row = encode_rto_row(fmt, triple, refusal_token_id, max_length, stats.truncations)
             if row is not None:

@@ -6,11 +6,16 @@ R (every position of a harmful answer, target = the refusal token r):
     L_MLE = -(1/|M|) sum_{t in M} log p(y_t | x_<=t)
     L_RTO = -(1/|R'|) sum_{t in R'} log p(r | x_<=t),   R' = a random ``rto_keep_ratio`` share of R
 
-``token_mean`` (the reference) minimises ``(|M| L_MLE + |R'| L_RTO) / (|M| + |R'|)``, the mean over all
-supervised tokens of the batch; ``weighted`` minimises ``L_MLE + rto_weight * L_RTO``. ``rto_keep_ratio
-= 1`` is the paper's formula (every position); the reference trainer keeps 5% per step. R' is drawn
-from torch's global RNG, which the Trainer seeds and stores in checkpoints, so resumed runs draw the
-same positions.
+``token_mean`` minimises ``(|M| L_MLE + |R'| L_RTO) / (|M| + |R'|)``, the mean over all supervised tokens
+of the batch, as the official trainers do (one ``CrossEntropyLoss`` over every labelled position of the
+batch); ``weighted`` minimises ``L_MLE + rto_weight * L_RTO`` (a safeft option, not in the paper).
+
+``rto_keep_ratio`` is the share of RTO positions trained per step. ``1.0`` is the paper's formula (every
+position) and what the official LoRA script does (RobustNLP/DeRTa ``run_files/run_clm_lora_derta_llama.py``
+sets the label of every answer position of a ``safe`` row to the refusal token); the official full
+fine-tuning script (``run_files/run_clm_llms_derta_llama_drop_5_percent.py``) trains a random 5% of them.
+R' is drawn from torch's global RNG, which the Trainer seeds and stores in checkpoints, so resumed runs
+draw the same positions.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ class DeRTaLoss:
 def derta_loss(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
-    rto_keep_ratio: float = 0.05,
+    rto_keep_ratio: float = 1.0,
     weighting: str = "token_mean",
     rto_weight: float = 1.0,
 ) -> DeRTaLoss:

