@@ -93,27 +93,40 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def parse_overrides(argv: list[str]) -> dict[str, Any]:
-    """``["--a.b", "1", "--c", "x"]`` -> ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML scalars)."""
+    """``["--a.b", "1", "--c", "x"]`` -> ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML scalars).
+
+    Also ``--key=value``. Dashes become underscores in the *key* only (``--output-dir=/x/my-run``
+    keeps ``/x/my-run``); a value may start with a dash (``--learning_rate -1e-4``).
+    """
     result: dict[str, Any] = {}
     i = 0
     while i < len(argv):
-        key = argv[i]
-        if not key.startswith("--"):
-            raise ConfigError(f"override {key!r}: expected --key value")
-        key = key[2:].replace("-", "_")
-        if "=" in key:
-            key, raw = key.split("=", 1)
+        arg = argv[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise ConfigError(f"override {arg!r}: expected --key value or --key=value")
+        if "=" in arg:
+            key, raw = arg[2:].split("=", 1)
             i += 1
         else:
+            key = arg[2:]
             if i + 1 >= len(argv):
                 raise ConfigError(f"override --{key} has no value")
             raw = argv[i + 1]
             i += 2
-        value = yaml.safe_load(raw) if raw != "" else ""
+        key = key.replace("-", "_")
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {arg!r}: empty field name")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw  # not a YAML scalar (e.g. "a: b: c"): keep the text
         node = result
         *parents, leaf = key.split(".")
         for p in parents:
-            node = node.setdefault(p, {})
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override --{key}: --{p} was already given a value")
+            node = child
         node[leaf] = value
     return result
 
@@ -132,12 +145,29 @@ def load_recipe(cls: type[T], path: str | Path | None, overrides: list[str] | No
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"recipe not found: {p}")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        loaded = read_yaml(p, "a recipe") or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: a recipe must be a YAML mapping, got {type(loaded).__name__}")
         data = loaded
     data = merge(data, parse_overrides(overrides or []))
     return from_dict(cls, data, where=str(path or "config"))
+
+
+def read_yaml(path: str | Path, what: str = "a YAML file") -> Any:
+    """Parse a YAML file; syntax errors and non-UTF-8 bytes become a :class:`ConfigError` naming the
+    file, line and column."""
+    p = Path(path)
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}); expected {what} in UTF-8") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: YAML syntax error ({problem}); expected {what}") from None
 
 
 def save_recipe(config: Any, path: str | Path) -> None:

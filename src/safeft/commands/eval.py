@@ -15,14 +15,63 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 
+#: the names ``--attacks`` accepts (kept equal to ``safeft.eval.attacks.ATTACKS`` by a test; listed
+#: here so that ``--help`` need not import torch)
+ATTACK_NAMES = (
+    "direct",
+    "completion",
+    "prefill-harmful-k",
+    "codeattack",
+    "cipher",
+    "jailbreak-template",
+    "pair",
+    "autodan",
+)
+
+
 def _csv(text: str | None) -> list[str] | None:
     return [s.strip() for s in text.split(",") if s.strip()] if text else None
+
+
+def _at_least(minimum: float, kind: type = int):
+    """An argparse ``type`` accepting numbers >= ``minimum`` (int) or > ``minimum`` (float)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            expected = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if (kind is int and value < minimum) or (kind is float and value <= minimum):
+            relation = ">=" if kind is int else ">"
+            raise argparse.ArgumentTypeError(f"must be {relation} {minimum:g}, got {text}")
+        return value
+
+    parse.__name__ = "int" if kind is int else "float"
+    return parse
+
+
+def _ks(text: str) -> list[int]:
+    """``--ks 0,5,10``: comma-separated integers >= 0."""
+    out = []
+    for item in _csv(text) or []:
+        try:
+            k = int(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected integers >= 0 (e.g. 0,5,10), got {item!r}") from None
+        if k < 0:
+            raise argparse.ArgumentTypeError(f"expected integers >= 0, got {k}")
+        out.append(k)
+    if not out:
+        raise argparse.ArgumentTypeError("expected at least one prefill length, e.g. 0,5,10")
+    return out
 
 
 def register(subparsers: Any) -> None:
@@ -37,8 +86,18 @@ def register(subparsers: Any) -> None:
     src.add_argument("--suite", help="suite YAML (see suites/default.yaml)")
     src.add_argument("--prompts", help="a bare .jsonl/.json/.csv file of prompts (id optional)")
     p.add_argument("--prompt-field", default="prompt", help="field holding the prompt (--prompts)")
-    p.add_argument("--attacks", help="comma-separated attacks (overrides the suite's); default direct")
-    p.add_argument("--judge", help="keyword | classifier | llm (default: the suite's, else keyword)")
+    p.add_argument(
+        "--attacks",
+        help="comma-separated attacks (overrides the suite's; default direct), from: "
+        + ", ".join(ATTACK_NAMES),
+    )
+    from safeft.eval.judges import JUDGES
+    from safeft.eval.prompts import PROMPT_SETS
+
+    p.add_argument(
+        "--judge",
+        help=f"judge of refusal/compliance, one of: {', '.join(JUDGES)} (default: the suite's, else keyword)",
+    )
     p.add_argument(
         "--judge-opt",
         action="append",
@@ -46,32 +105,45 @@ def register(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="judge option, repeatable (classifier: path=HEAD_DIR; llm: base_url=URL, model=NAME)",
     )
-    p.add_argument("--limit", type=int, help="prompts per set (seeded sample)")
+    p.add_argument("--limit", type=_at_least(1), help="prompts per set (seeded sample)")
     p.add_argument("--seed", type=int, help="sampling seed (default: the suite's, else 0)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--data-dir", help="folder the suite's data paths are relative to")
+    p.add_argument(
+        "--data-dir",
+        help=f"folder the suite's data paths are relative to (suite sets: {', '.join(PROMPT_SETS)})",
+    )
     g = p.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", type=int)
-    g.add_argument("--batch-size", type=int)
+    g.add_argument("--max-new-tokens", type=_at_least(1), help="tokens per answer (default: the suite's)")
+    g.add_argument("--batch-size", type=_at_least(1), help="prompts per batch (default: the suite's)")
     g.add_argument(
         "--bf16", action="store_true", help="bf16 autocast (faster on CPUs with bf16; may change outputs)"
     )
     g.add_argument("--chat-template", help="Jinja chat template (text or file) overriding the tokenizer's")
     e = p.add_argument_group("OpenAI-compatible endpoint")
     e.add_argument("--endpoint", help="base URL (e.g. http://127.0.0.1:8000/v1); --model is the served name")
-    e.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the API key")
-    e.add_argument("--concurrency", type=int, default=4)
-    e.add_argument("--timeout", type=float, default=60.0)
-    e.add_argument("--retries", type=int, default=3)
+    e.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the --endpoint's API key")
+    e.add_argument(
+        "--judge-api-key-env",
+        help="env var holding the LLM judge's API key (default: the judge's api_key_env option, "
+        "else OPENAI_API_KEY)",
+    )
+    e.add_argument("--concurrency", type=_at_least(1), default=4, help="requests in flight")
+    e.add_argument("--timeout", type=_at_least(0, float), default=60.0, help="seconds per request")
+    e.add_argument("--retries", type=_at_least(0), default=3, help="retries of a failed request")
     a = p.add_argument_group("attack options")
-    a.add_argument("--ks", help="prefill-harmful-k lengths, e.g. 0,5,10,20,40")
+    a.add_argument("--ks", type=_ks, help="prefill-harmful-k lengths, e.g. 0,5,10,20,40")
     a.add_argument("--opener", help="completion attack prefill when a prompt has no target")
     a.add_argument("--templates", help="jailbreak-template file ({prompt} placeholder)")
     a.add_argument("--cipher-scheme", choices=["caesar", "selfcipher"])
-    a.add_argument("--pair-iters", type=int, help="PAIR rounds per prompt (default 3)")
+    a.add_argument("--pair-iters", type=_at_least(1), help="PAIR rounds per prompt (default 3)")
     a.add_argument("--pair-attacker", help="PAIR attacker: local model name/dir (default: the target)")
     a.add_argument("--pair-attacker-endpoint", help="PAIR attacker: OpenAI-compatible base URL")
     a.add_argument("--pair-attacker-model", help="PAIR attacker: served model name at that endpoint")
+    a.add_argument(
+        "--pair-attacker-api-key-env",
+        default="PAIR_ATTACKER_API_KEY",
+        help="env var holding the PAIR attacker endpoint's API key (none sent when unset)",
+    )
     a.add_argument("--autodan-steps", type=int, help="AutoDAN generations per prompt (default 10)")
     a.add_argument("--autodan-population", type=int, help="AutoDAN templates per generation (default 16)")
     a.add_argument("--autodan-seconds", type=float, help="AutoDAN wall-time budget per prompt")
@@ -80,6 +152,11 @@ def register(subparsers: Any) -> None:
     a.add_argument("--autodan-mutator-model", help="AutoDAN LLM mutator: served model name")
     p.add_argument("--label", help="name of this run in reports")
     p.add_argument("--no-report", action="store_true", help="write results.json only")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with code 3 when a result cell has no usable verdict (all responses unjudged)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -118,7 +195,7 @@ def build_suite(args: argparse.Namespace):
         gen.bf16_autocast = True
     opts = suite.attack_options
     if args.ks:
-        opts["ks"] = [int(k) for k in _csv(args.ks) or []]
+        opts["ks"] = list(args.ks)
     for name in ("opener", "templates"):
         if getattr(args, name):
             opts[name] = getattr(args, name)
@@ -146,7 +223,14 @@ def _local_generator(name: str, adapter: str | None, chat_template: str | None, 
             raise FileNotFoundError(
                 f"--adapter {adapter}: no adapter_config.json (not a PEFT adapter folder)"
             )
-        model = PeftModel.from_pretrained(model, adapter)
+        try:
+            model = PeftModel.from_pretrained(model, adapter)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise ValueError(
+                f"--adapter {adapter}: cannot be applied to --model {name} (an adapter trained for another "
+                f"architecture or size?): {first}"
+            ) from None
     model.eval()
     fingerprint = model_fingerprint(name, adapter)
     if chat_template:
@@ -154,36 +238,93 @@ def _local_generator(name: str, adapter: str | None, chat_template: str | None, 
     return HFGenerator(model, tokenizer, gen_config), fingerprint
 
 
-def _endpoint_generator(url: str, model: str, args: argparse.Namespace, gen_config):
+def _in_memory_generator(model, tokenizer, chat_template: str | None, gen_config):
+    """An HFGenerator over a model object; its fingerprint hashes the weights (cache key)."""
+    import torch
+
+    from safeft.eval.generation import HFGenerator
+
+    if tokenizer is None:
+        raise ValueError("evaluate(model=<a model object>) needs tokenizer=")
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    model.eval()
+    digest = hashlib.sha256(type(model).__name__.encode())
+    with torch.no_grad():
+        for name, p in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(p.detach().float().cpu().numpy().tobytes()[:4096])
+            digest.update(str(float(p.detach().float().sum())).encode())
+    return HFGenerator(model, tokenizer, gen_config), "mem-" + digest.hexdigest()[:12]
+
+
+def _endpoint_generator(
+    url: str,
+    model: str,
+    args: argparse.Namespace,
+    gen_config,
+    api_key_env: str | None = None,
+    what: str = "--endpoint",
+):
+    """An :class:`OpenAIChatGenerator` for ``url``, probed once; its key comes from ``api_key_env``
+    (default ``--api-key-env``): each endpoint has its own key variable."""
     from safeft.eval.openai_backend import EndpointError, OpenAIChatGenerator
 
     gen = OpenAIChatGenerator(
         url,
         model,
         gen_config,
-        api_key_env=args.api_key_env,
+        api_key_env=api_key_env or args.api_key_env,
         timeout=args.timeout,
         retries=args.retries,
         concurrency=args.concurrency,
+        what=what,
     )
     try:
         gen.check_reachable()
     except EndpointError as exc:
         raise EndpointError(
-            f"{exc}. Start the server (or fix --endpoint) and rerun the same command: generations already "
+            f"{exc}. Start the server (or fix {what}) and rerun the same command: generations already "
             f"saved in {Path(args.out) / 'generations.jsonl'} are reused"
         ) from None
     return gen, gen.fingerprint()
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
+    """``safeft eval``: run, print the summary; a cell with no usable verdict is reported loudly on
+    stderr (and in ``results.json["incomplete"]``), and makes the exit code 3 with ``--strict``."""
+    results = execute(args)
+    print(summary_table(results))
+    if not args.no_report:
+        print(f"report: {Path(args.out) / 'report.html'} (and report.md)")
+    print(f"results: {Path(args.out) / 'results.json'}")
+    if results.get("incomplete"):
+        print(
+            f"safeft eval: INCOMPLETE: {len(results['incomplete'])} result cell(s) have no usable verdict "
+            f"(every response unjudged, e.g. an LLM judge that gave only unusable replies): "
+            f"{', '.join(results['incomplete'])}. Their rates are empty; see judged.jsonl.",
+            file=sys.stderr,
+        )
+        return 3 if args.strict else 0
+    return 0
+
+
+def execute(args: argparse.Namespace, local_model: tuple[Any, Any] | None = None) -> dict:
+    """The evaluation behind ``safeft eval`` (and :func:`safeft.evaluate`); returns ``results``.
+
+    ``local_model``: an already loaded ``(model, tokenizer)`` used instead of loading ``--model``.
+    """
     from safeft.eval.judges import get_judge
     from safeft.eval.report import write_report
     from safeft.eval.runner import EvalRunner, ModelInfo
 
     suite = build_suite(args)
     judge_opts = {**suite.judge_options, **_judge_options(args.judge_opt)}
+    if args.judge_api_key_env and suite.judge == "llm":
+        judge_opts["api_key_env"] = args.judge_api_key_env
     judge = get_judge(suite.judge, **judge_opts)  # fail on a bad judge before loading any model
+    if hasattr(judge, "check_reachable"):
+        judge.check_reachable()  # an LLM judge that is down fails now, not after all generation
 
     if args.endpoint and args.adapter:
         raise ValueError("--adapter applies to a local model; with --endpoint, serve the adapter instead")
@@ -192,7 +333,13 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             "attack 'autodan' needs the target's log-probabilities (white-box fitness), which --endpoint "
             "does not give: evaluate autodan with a local --model, or drop it from --attacks"
         )
-    if args.endpoint:
+    # every prompt set and task file is read now: bad data fails in seconds, before any model loads
+    runner = EvalRunner(suite, None, ModelInfo(args.model, ""), judge, args.out, args.limit, args.seed)
+    runner.preload()
+    if local_model is not None:
+        generator, fingerprint = _in_memory_generator(*local_model, args.chat_template, suite.generation)
+        backend = "hf"
+    elif args.endpoint:
         generator, fingerprint = _endpoint_generator(args.endpoint, args.model, args, suite.generation)
         backend = "openai"
     else:
@@ -205,13 +352,19 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     uses_pair = any("pair" in s.attacks for s in suite.safety)
     if uses_pair and args.pair_attacker_endpoint:
         attacker, attacker_fp = _endpoint_generator(
-            args.pair_attacker_endpoint, args.pair_attacker_model or args.model, args, suite.generation
+            args.pair_attacker_endpoint,
+            args.pair_attacker_model or args.model,
+            args,
+            suite.generation,
+            api_key_env=args.pair_attacker_api_key_env,
+            what="--pair-attacker-endpoint",
         )
     elif uses_pair and args.pair_attacker:
         attacker, attacker_fp = _local_generator(args.pair_attacker, None, None, suite.generation)
 
-    info = ModelInfo(args.model, fingerprint, args.adapter, backend, args.label)
-    runner = EvalRunner(suite, generator, info, judge, args.out, args.limit, args.seed, attacker, attacker_fp)
+    runner.generator = generator
+    runner.model = ModelInfo(args.model, fingerprint, args.adapter, backend, args.label)
+    runner.attacker, runner.attacker_fingerprint = attacker, attacker_fp
     if args.autodan_mutator_endpoint and any("autodan" in s.attacks for s in suite.safety):
         import dataclasses
 
@@ -220,12 +373,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             args.autodan_mutator_endpoint, args.autodan_mutator_model or args.model, args, long_gen
         )
     results = runner.run()
-    print(summary_table(results))
     if not args.no_report:
-        md, page = write_report([results], args.out)
-        print(f"report: {page} (and {md.name})")
-    print(f"results: {Path(args.out) / 'results.json'}")
-    return 0
+        write_report([results], args.out)
+    return results
 
 
 def summary_table(results: dict) -> str:

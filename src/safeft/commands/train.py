@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
 METHODS = ("derta", "asft")
 
 
@@ -23,12 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
-    from safeft.config import ConfigError, from_dict, merge, parse_overrides
+    from safeft.config import ConfigError, from_dict, merge, parse_overrides, read_yaml
 
     path = Path(args.config)
     if not path.is_file():
-        raise ConfigError(f"recipe not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"--config {path}: recipe file not found")
+    data = read_yaml(path, "a training recipe") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a YAML mapping")
     method = args.method or data.pop("method", "derta")

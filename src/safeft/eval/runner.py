@@ -20,6 +20,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from safeft.eval.attacks import BaseAttack, expand_attacks
 from safeft.eval.attacks.autodan import AutoDANAttack, run_autodan
 from safeft.eval.attacks.pair import PairAttack
@@ -70,14 +72,29 @@ class EvalRunner:
         self.model = model
         self.judge = judge
         self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
         self.limit = limit
         self.seed = suite.seed if seed is None else seed
-        self.cache = GenerationCache(self.out / "generations.jsonl")
+        self._cache: GenerationCache | None = None
+        self._loaded: dict[tuple, Any] = {}  # prompt sets and tasks, loaded once (see preload)
         self.gen_key = suite.generation.cache_key()
         self.attacker = attacker
         self.attacker_fingerprint = attacker_fingerprint
         self.judged_rows: list[dict] = []
+
+    @property
+    def cache(self) -> GenerationCache:
+        """The generation cache, opened (and the output folder made) on first use."""
+        if self._cache is None:
+            self._cache = GenerationCache(self.out / "generations.jsonl")
+        return self._cache
+
+    def preload(self) -> None:
+        """Load every prompt set and task of the suite now, so a bad or empty data file fails in
+        seconds, before any model loads and before anything is written."""
+        for spec in [*self.suite.safety, *self.suite.over_refusal]:
+            self.load_set(spec)
+        for task_spec in self.suite.tasks:
+            self._load_task(task_spec)
 
     # -- generation through the cache ------------------------------------------------------------------
     def generate(
@@ -93,8 +110,10 @@ class EvalRunner:
         missing = [i for i, k in enumerate(keys) if k not in self.cache]
         log.info("%s: %d cached, %d to generate", attack_key, len(items) - len(missing), len(missing))
         if missing:
+            bar = tqdm(total=len(missing), desc=attack_key, unit="gen", disable=None, leave=False)
 
             def on_batch(batch: list[int], texts: list[str]) -> None:
+                bar.update(len(batch))
                 self.cache.put_many(
                     [
                         {
@@ -118,6 +137,8 @@ class EvalRunner:
             except KeyboardInterrupt:
                 log.warning("interrupted. %s", self._resume_hint())
                 raise
+            finally:
+                bar.close()
         out = [self.cache.get(k) for k in keys]
         if any(o is None for o in out):  # a generator that skipped on_batch for some items
             raise RuntimeError(f"{attack_key}: the generator did not report every generation")
@@ -131,8 +152,16 @@ class EvalRunner:
 
     # -- pieces ----------------------------------------------------------------------------------------
     def load_set(self, spec: SetSpec) -> list[PromptRecord]:
+        memo = ("set", spec.label, spec.set, spec.path)
+        if memo in self._loaded:
+            return self._loaded[memo]
         path = spec.path if spec.set == "hub" else (str(self.suite.resolve(spec.path)) if spec.path else None)
-        records = load_prompt_set(spec.set, path, **spec.options)
+        try:
+            records = load_prompt_set(spec.set, path, **spec.options)
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
+        if not records:
+            raise ValueError(f"prompt set {spec.label!r} ({path or spec.set}): no prompts (empty file?)")
         limit = (
             self.limit
             if self.limit is not None
@@ -140,7 +169,20 @@ class EvalRunner:
         )
         sampled = sample_records(records, limit, self.seed)
         log.info("set %s: %d of %d prompts", spec.label, len(sampled), len(records))
+        self._loaded[memo] = sampled
         return sampled
+
+    def _load_task(self, spec) -> tuple[list, list]:
+        memo = ("task", spec.task, spec.path, spec.shots)
+        if memo not in self._loaded:
+            try:
+                records, demos = load_task(spec.task, self.suite.resolve(spec.path), spec.shots)
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{spec.path}: not UTF-8 text (byte {exc.start})") from None
+            if not records:
+                raise ValueError(f"task {spec.task!r} ({spec.path}): no rows (empty file?)")
+            self._loaded[memo] = (records, demos)
+        return self._loaded[memo]
 
     def judge_responses(
         self, attack_key: str, set_label: str, records: list[PromptRecord], responses: list[str]
@@ -253,7 +295,7 @@ class EvalRunner:
 
     def run_task(self, spec) -> dict:
         task = get_task(spec.task)
-        records, demos = load_task(spec.task, self.suite.resolve(spec.path), spec.shots)
+        records, demos = self._load_task(spec)
         limit = (
             self.limit
             if self.limit is not None
@@ -324,6 +366,7 @@ class EvalRunner:
         for task_spec in self.suite.tasks:
             results["tasks"][task_spec.task] = self.run_task(task_spec)
         results["seconds"] = round(time.time() - started, 1)
+        results["incomplete"] = incomplete_cells(results)
         self.write(results)
         return results
 
@@ -340,10 +383,20 @@ class EvalRunner:
         return info
 
     def write(self, results: dict) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
         with open(self.out / "judged.jsonl", "w", encoding="utf-8") as fh:
             for row in self.judged_rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def incomplete_cells(results: dict) -> list[str]:
+    """Result cells with no usable verdict: every response ``unjudged`` (e.g. an LLM judge that only
+    gave unparsable replies) or no response at all. Their rates are None, never a number."""
+    cells = [key for key, s in results.get("attacks", {}).items() if not s.get("n")]
+    for set_name, groups in results.get("over_refusal", {}).items():
+        cells += [f"over-refusal {set_name}/{cat}" for cat, s in groups.items() if not s.get("n")]
+    return cells
 
 
 def refusal_curve(attacks: dict[str, dict]) -> list[dict]:
