@@ -58,8 +58,10 @@ iter_jsonl = iter_json = iter_csv = iter_rows
 
 def _require(path: Path, lineno: int, row: dict, name: str) -> str:
     value = row.get(name)
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if name not in row:
         raise DataFormatError(f"{path}:{lineno}: no field {name!r} (fields: {sorted(row)})")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise DataFormatError(f"{path}:{lineno}: field {name!r} is empty")
     if not isinstance(value, str):
         raise DataFormatError(f"{path}:{lineno}: field {name!r} must be text, got {type(value).__name__}")
     return value
