@@ -104,6 +104,77 @@ def test_bad_configs_are_refused(aligned_setup, tmp_path):
             config(aligned_setup, tmp_path, **kw).validate()
 
 
+def test_new_options_are_checked(aligned_setup, tmp_path):
+    for kw, msg in [
+        ({"anti_direction_lambda": -0.5}, "anti_direction_lambda must be >= 0"),
+        ({"anti_direction_lambda": 1.0, "penalty_lambda": 0.0, "direction": None}, "needs a direction"),
+        ({"lr_scheduler_type": "step", "lr_step_gamma": 0.0}, r"lr_step_gamma must be in \(0, 1\]"),
+        ({"lr_scheduler_type": "step", "warmup_ratio": 0.1}, "has no warmup: set warmup_ratio: 0"),
+        ({"template": "llama2"}, "template must be one of"),
+        ({"harmful_rows": "flag"}, "harmful_rows must be one of"),
+        ({"harmful_system_prompt": "x"}, "harmful_system_prompt needs harmful_rows"),
+        ({"max_rows": 0}, "max_rows must be >= 1"),
+    ]:
+        with pytest.raises(ConfigError, match=msg):
+            config(aligned_setup, tmp_path, **kw).validate()
+
+
+def test_step_scheduler_multiplies_lr_by_gamma_each_epoch(aligned_setup, tmp_path):
+    # 13 rows, batch 4: 4 updates per epoch; StepLR(gamma) after each epoch, as the official code
+    cfg = config(
+        aligned_setup,
+        tmp_path / "step",
+        max_steps=-1,
+        num_train_epochs=3,
+        learning_rate=1e-2,
+        lr_scheduler_type="step",
+        lr_step_gamma=0.5,
+        warmup_ratio=0.0,
+    )
+    train_asft(cfg)
+    rates = [r["learning_rate"] for r in logs(tmp_path / "step")]
+    assert len(rates) == 12
+    # each log line reports the lr its update used: lr * gamma^epoch
+    expected = [1e-2 * 0.5 ** (step // 4) for step in range(12)]
+    assert rates == pytest.approx(expected, rel=1e-6)
+
+
+def test_anti_direction_zero_is_plain_asft_bit_for_bit(aligned_setup, tmp_path):
+    from safeft.asft.direction import Direction
+
+    _aligned, direction, _task = aligned_setup
+    old = Direction.load(direction)
+    for layer in old.layers.values():
+        layer.W = None  # a direction file from before the anti-direction term
+    old.save(tmp_path / "old_direction")
+    train_asft(
+        config(
+            aligned_setup, tmp_path / "old", penalty_lambda=50.0, direction=str(tmp_path / "old_direction")
+        )
+    )
+    train_asft(config(aligned_setup, tmp_path / "zero", penalty_lambda=50.0, anti_direction_lambda=0.0))
+    train_asft(config(aligned_setup, tmp_path / "anti", penalty_lambda=50.0, anti_direction_lambda=500.0))
+    old_w, zero_w, anti_w = adapter(tmp_path / "old"), adapter(tmp_path / "zero"), adapter(tmp_path / "anti")
+    assert all(torch.equal(old_w[k], zero_w[k]) for k in old_w)
+    assert any(not torch.equal(old_w[k], anti_w[k]) for k in old_w)
+    old_logs, zero_logs, anti_logs = logs(tmp_path / "old"), logs(tmp_path / "zero"), logs(tmp_path / "anti")
+    assert [r["loss"] for r in old_logs] == [r["loss"] for r in zero_logs]
+    assert "anti_direction" not in old_logs[0] and all("anti_direction" in r for r in zero_logs + anti_logs)
+    last = anti_logs[-1]
+    assert last["loss"] == pytest.approx(
+        last["task_loss"] + 50.0 * last["asft_penalty"] + 500.0 * last["anti_direction"], rel=1e-2, abs=1e-3
+    )
+    with pytest.raises(Exception, match="no right singular vectors"):
+        train_asft(
+            config(
+                aligned_setup,
+                tmp_path / "refused",
+                anti_direction_lambda=1.0,
+                direction=str(tmp_path / "old_direction"),
+            )
+        )
+
+
 def test_lora_targets_outside_the_direction_are_refused(aligned_setup, tmp_path):
     from safeft.asft.direction import DirectionError
 

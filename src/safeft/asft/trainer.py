@@ -12,11 +12,21 @@ bit plain LoRA. ``task_loss`` and ``asft_penalty`` (unweighted) are logged separ
 
 The official code penalises B A without the LoRA scale s; ``scale_delta: false`` reproduces that
 (equivalently, lambda_official = lambda * s^2 here).
+
+``anti_direction_lambda`` adds ``anti_direction_lambda * sum_l relu(-<dW_l, V_k,l>_F / ||V_k,l||_F)^2``
+(see :mod:`safeft.asft.penalty`); 0 (the default) leaves the objective plain AsFT bit for bit
+(the term is then only logged, without gradient, when the direction has its right vectors).
+
+``lr_scheduler_type: step`` is the official code's ``torch.optim.lr_scheduler.StepLR``: the learning
+rate is multiplied by ``lr_step_gamma`` after every epoch (lr_e = lr * gamma^e), no warmup.
+transformers has no such scheduler, so :class:`AsFTTrainer` builds it in ``create_scheduler``
+(stepped per optimizer update with ``step_size`` = updates per epoch, which is the same schedule).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -24,7 +34,13 @@ import torch
 from safeft.asft.direction import Direction
 from safeft.asft.penalty import AsFTPenalty
 from safeft.asft.projectors import VARIANTS
-from safeft.asft.task_data import load_task_pairs, task_examples
+from safeft.asft.task_data import (
+    HARMFUL_RULES,
+    TEMPLATES,
+    load_task_rows,
+    subsample_rows,
+    task_examples,
+)
 from safeft.check import CheckConfig, normalise, train_with_check
 from safeft.config import ConfigError
 from safeft.data.chat import KIND_MLE
@@ -47,13 +63,45 @@ class AsFTConfig(TrainConfig):
     rank: int | None = None  # use the top `rank` of the stored directions (None: all stored)
     scale_delta: bool = True  # dW = s B A (true) or B A as in the official code (false)
     check_direction: bool = True  # refuse a direction built for other weights
+    anti_direction_lambda: float = 0.0  # weight of sum_l relu(-<dW, V_k>/||V_k||)^2 (0: plain AsFT)
+    lr_step_gamma: float = 0.85  # lr_scheduler_type step: lr *= gamma after each epoch
+    template: str = "chat"  # chat | alpaca (see safeft.asft.task_data)
+    harmful_rows: str = "none"  # none | missing_input | empty_input: how harmful rows are told apart
+    harmful_system_prompt: str | None = None  # system prompt of the harmful rows
+    max_rows: int | None = None  # seeded random subset of the task rows, harmful share kept
     lora: LoraSettings = field(
         default_factory=lambda: LoraSettings(r=8, alpha=32, target_modules=["q_proj", "v_proj"])
     )
     check: CheckConfig = field(default_factory=lambda: CheckConfig(enabled=False))
 
+    def hf_lr_scheduler_type(self) -> str:
+        # "step" is built by AsFTTrainer.create_scheduler; transformers only needs a valid name
+        return "constant" if self.lr_scheduler_type == "step" else self.lr_scheduler_type
+
     def validate(self) -> None:
         super().validate()
+        if self.anti_direction_lambda < 0:
+            raise ConfigError(f"anti_direction_lambda must be >= 0, got {self.anti_direction_lambda}")
+        if self.anti_direction_lambda > 0 and not self.direction:
+            raise ConfigError(
+                "anti_direction_lambda > 0 needs a direction (make one with `safeft direction`)"
+            )
+        if self.lr_scheduler_type == "step":
+            if not 0 < self.lr_step_gamma <= 1:
+                raise ConfigError(f"lr_step_gamma must be in (0, 1], got {self.lr_step_gamma}")
+            if self.warmup_ratio:
+                raise ConfigError("lr_scheduler_type step (StepLR) has no warmup: set warmup_ratio: 0")
+        if self.template not in TEMPLATES:
+            raise ConfigError(f"template must be one of {TEMPLATES}, got {self.template!r}")
+        if self.harmful_rows not in HARMFUL_RULES:
+            raise ConfigError(f"harmful_rows must be one of {HARMFUL_RULES}, got {self.harmful_rows!r}")
+        if self.harmful_system_prompt is not None and self.harmful_rows == "none":
+            raise ConfigError(
+                "harmful_system_prompt needs harmful_rows (missing_input or empty_input) to tell which "
+                "rows are harmful"
+            )
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ConfigError(f"max_rows must be >= 1, got {self.max_rows}")
         if self.penalty_lambda < 0:
             raise ConfigError(f"penalty_lambda must be >= 0 (0 = plain LoRA), got {self.penalty_lambda}")
         if self.projector not in VARIANTS:
@@ -79,6 +127,23 @@ class AsFTTrainer(SafeFTTrainer):
         self.asft_config = asft_config
         self.penalty = penalty
 
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """StepLR for ``lr_scheduler_type: step`` (module docstring); otherwise transformers' own."""
+        cfg = self.asft_config
+        if cfg.lr_scheduler_type != "step":
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            batches = math.ceil(
+                len(self.train_dataset) / (self.args.per_device_train_batch_size * self.args.world_size)
+            )
+            per_epoch = max(1, math.ceil(batches / self.args.gradient_accumulation_steps))
+            self.lr_scheduler = torch.optim.lr_scheduler.StepLR(
+                optimizer if optimizer is not None else self.optimizer,
+                step_size=per_epoch,
+                gamma=cfg.lr_step_gamma,
+            )
+        return self.lr_scheduler
+
     def compute_objective(self, model, inputs):
         select = inputs["kinds"] == KIND_MLE
         losses, _ = token_losses(
@@ -86,16 +151,26 @@ class AsFTTrainer(SafeFTTrainer):
         )
         task_loss = losses.mean()
         metrics: dict[str, float | torch.Tensor | None] = {"task_loss": task_loss.detach()}
-        lam = self.asft_config.penalty_lambda
+        lam, anti_lam = self.asft_config.penalty_lambda, self.asft_config.anti_direction_lambda
         if self.penalty is None:
             return task_loss, metrics
+        loss = task_loss
         if lam == 0.0:
             with torch.no_grad():
                 metrics["asft_penalty"] = self.penalty()
-            return task_loss, metrics
-        penalty = self.penalty()
-        metrics["asft_penalty"] = penalty.detach()
-        return task_loss + lam * penalty.to(task_loss.dtype), metrics
+        else:
+            penalty = self.penalty()
+            metrics["asft_penalty"] = penalty.detach()
+            loss = loss + lam * penalty.to(task_loss.dtype)
+        if self.penalty.has_anti:
+            if anti_lam == 0.0:
+                with torch.no_grad():
+                    metrics["anti_direction"] = self.penalty.anti_direction()
+            else:
+                anti = self.penalty.anti_direction()
+                metrics["anti_direction"] = anti.detach()
+                loss = loss + anti_lam * anti.to(task_loss.dtype)
+        return loss, metrics
 
 
 def bind_penalty(model: torch.nn.Module, config: AsFTConfig) -> AsFTPenalty | None:
@@ -103,6 +178,8 @@ def bind_penalty(model: torch.nn.Module, config: AsFTConfig) -> AsFTPenalty | No
     if not config.direction:
         return None
     direction = Direction.load(config.direction)
+    # the anti-direction term is logged whenever the direction allows it, trained only if its lambda > 0
+    anti = config.anti_direction_lambda > 0 or direction.has_right_vectors
     penalty = AsFTPenalty(
         model,
         direction,
@@ -110,12 +187,14 @@ def bind_penalty(model: torch.nn.Module, config: AsFTConfig) -> AsFTPenalty | No
         rank=config.rank,
         check_weights=config.check_direction,
         use_lora_scale=config.scale_delta,
+        anti_direction=anti,
     )
     log.info(
-        "AsFT: %s projector on %d LoRA layers, lambda %g, direction %s",
+        "AsFT: %s projector on %d LoRA layers, lambda %g, anti-direction lambda %g, direction %s",
         config.projector,
         penalty.n_layers,
         config.penalty_lambda,
+        config.anti_direction_lambda,
         config.direction,
     )
     return penalty
@@ -126,9 +205,24 @@ def train_asft(config: AsFTConfig) -> dict:
     config.validate()
     model, tokenizer = load_for_training(config)
     penalty = bind_penalty(model, config)
-    pairs = load_task_pairs(config.train_data, config.data_dir)
-    examples = task_examples(pairs, tokenizer, config.max_length, config.system_prompt)
-    log.info("AsFT: %d training rows from %d pairs", len(examples), len(pairs))
+    rows = load_task_rows(config.train_data, config.data_dir, config.harmful_rows)
+    if config.max_rows is not None:
+        rows = subsample_rows(rows, config.max_rows, config.seed)
+    examples = task_examples(
+        rows,
+        tokenizer,
+        config.max_length,
+        config.system_prompt,
+        config.template,
+        config.harmful_system_prompt,
+    )
+    log.info(
+        "AsFT: %d training rows from %d task rows (%d marked harmful), template %s",
+        len(examples),
+        len(rows),
+        sum(r.harmful for r in rows),
+        config.template,
+    )
 
     before, after, _ = train_with_check(
         config,
@@ -136,7 +230,7 @@ def train_asft(config: AsFTConfig) -> dict:
         model,
         tokenizer,
         examples,
-        {normalise(p.prompt) for p in pairs},
+        {normalise(r.user_turn("chat")) for r in rows},
         asft_config=config,
         penalty=penalty,
     )
