@@ -16,6 +16,12 @@ one-at-a-time outputs (tested). ``bf16_autocast`` runs the forward passes under 
 autocast; it is off by default because bfloat16 rounding can flip near-tied greedy choices, so
 outputs then differ from float32 ones (and from other batch shapes) — switch it on only for speed
 where the CPU has native bf16 (AVX512-BF16 / AMX) and report it with the results.
+
+On accelerators: ``device`` (default: this process's GPU if there is one, else the CPU) is where
+:class:`HFGenerator` moves the model before generating (models already dispatched over devices with a
+``device_map`` or loaded in 4 bits stay where they are); ``dtype`` (``auto`` = bf16 on a GPU that has
+it, else fp32) is the dtype the loader (``safeft eval``) loads the weights in. A dtype other than fp32
+changes outputs, so it is part of the cache key; the device is not.
 """
 
 from __future__ import annotations
@@ -64,11 +70,19 @@ class GenerationConfig:
     seed: int = 0
     bf16_autocast: bool = False
     stop: list[str] = field(default_factory=list)  # extra stop strings, cut from the output
+    device: str | None = None  # cpu | cuda | cuda:N | mps; None: the GPU if there is one, else the CPU
+    dtype: str = "auto"  # weights as loaded by safeft eval: auto | bf16 | fp16 | fp32
 
     def cache_key(self) -> dict[str, Any]:
         """The fields that change what is generated (batch size does not, by design)."""
+        from safeft.models import dtype_name, resolve_dtype
+
         key = dataclasses.asdict(self)
         key.pop("batch_size")
+        key.pop("device")
+        dtype = resolve_dtype(key.pop("dtype"))
+        if dtype != torch.float32:  # fp32 keys stay as they were before dtype existed
+            key["dtype"] = dtype_name(dtype)
         if not self.do_sample:
             key.pop("temperature")
             key.pop("top_p")
@@ -119,6 +133,7 @@ class HFGenerator:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or GenerationConfig()
+        move_to_device(model, self.config.device)
         pad = tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else tokenizer.eos_token_id
         if self.pad_token_id is None:
@@ -219,6 +234,20 @@ def _strip_after_eos(tokens: list[int], eos_ids: Sequence[int]) -> list[int]:
         if t in eos_ids:
             return tokens[:i]
     return tokens
+
+
+def move_to_device(model, device: str | torch.device | None = None) -> torch.device:
+    """Move ``model`` to ``device`` (default: :func:`safeft.models.default_device`) unless it is spread
+    over devices by a ``device_map`` or quantised (those cannot move); returns where its weights are."""
+    from safeft.models import default_device
+
+    target = torch.device(device) if device else default_device()
+    dispatched = bool(getattr(model, "hf_device_map", None))
+    quantised = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    if not dispatched and not quantised and _model_device(model) != target:
+        log.info("moving the model to %s for generation", target)
+        model.to(target)
+    return _model_device(model)
 
 
 def _model_device(model) -> torch.device:

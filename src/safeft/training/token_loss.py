@@ -4,12 +4,23 @@ The usual causal-LM loss materialises ``logits = lm_head(hidden)`` for every pos
 (``B x T x |V|`` floats; for SmolLM2 that is 49,152 per token) and then throws most of it away (prompt,
 padding, and for RTO rows ~95% of the harmful answer). Here the decoder runs once, and the LM head and
 the fp32 soft-max run only on the ``N`` selected hidden states: ``loss_i = -log softmax(W h_i)[y_i]``.
+
+Sharded models (FSDP 1/2, DeepSpeed ZeRO-3) hold only a shard of ``W`` outside their own forward, so
+calling the head from here would see an empty or partial weight. For them the head runs *inside* the
+model's forward, on the positions any row of the batch selects: ``logits_to_keep`` given as an index
+tensor ``P`` (the union over the batch) makes the model compute ``lm_head(hidden[:, P])`` (``B x |P| x
+|V|`` instead of ``N x |V|``, still far below the dense ``B x T x |V|``), and the selected rows are
+gathered from that. Both paths give the same logits (tested).
 """
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
+
+_SHARDED: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -18,18 +29,41 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether ``model`` holds its parameters sharded over processes (FSDP 1 or 2, DeepSpeed ZeRO-3).
+
+    Cached per model object (walking the modules of an 8B model every step would cost milliseconds).
+    """
+    if model in _SHARDED:
+        return _SHARDED[model]
+    import torch.distributed.fsdp as fsdp
+
+    fsdp2 = getattr(fsdp, "FSDPModule", ())  # torch >= 2.6
+    sharded = any(
+        type(m).__name__ == "FullyShardedDataParallel" or isinstance(m, fsdp2) for m in model.modules()
+    ) or any(hasattr(p, "ds_id") for p in model.parameters())  # ZeRO-3 tags its partitioned params
+    _SHARDED[model] = sharded
+    return sharded
+
+
 def selected_logits(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     select: torch.Tensor,
+    head_in_forward: bool | None = None,
 ) -> torch.Tensor:
     """fp32 logits ``[N, |V|]`` at the ``N`` positions where ``select`` (``[B, T]`` bool) is true.
 
     The forward goes through ``model`` itself (so DDP's gradient hooks and PEFT's adapters apply);
     ``logits_to_keep=1`` keeps the built-in head to one position, the final hidden states come back
-    through ``output_hidden_states``.
+    through ``output_hidden_states``. ``head_in_forward`` (default: when :func:`is_sharded`) runs the
+    head inside the model's forward instead (see the module docstring).
     """
+    if head_in_forward is None:
+        head_in_forward = is_sharded(model)
+    if head_in_forward:
+        return _logits_from_forward(model, input_ids, attention_mask, select)
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -44,6 +78,19 @@ def selected_logits(
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return logits
+
+
+def _logits_from_forward(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, select: torch.Tensor
+) -> torch.Tensor:
+    """The head inside the model's forward on the union ``P`` of selected positions, then a gather.
+
+    Boolean indexing walks ``[B, T]`` and ``[B, |P|]`` in the same row-major order, and ``P`` is sorted,
+    so the rows come back in the order of ``hidden[select]`` (softcapping, if any, is the model's own).
+    """
+    positions = select.any(dim=0).nonzero().squeeze(1)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions, use_cache=False)
+    return out.logits[select[:, positions]].float()
 
 
 def token_losses(

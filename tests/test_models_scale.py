@@ -1,0 +1,192 @@
+"""Real-scale loading on tiny random models: dtype, gradient checkpointing, 4-bit errors, revisions,
+the in-forward LM head used under FSDP / ZeRO-3, and generation device/dtype settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+
+from safeft.config import ConfigError, from_dict
+from safeft.data.chat import ChatFormat
+from safeft.derta.features import build_derta_examples
+from safeft.derta.trainer import DeRTaConfig, DeRTaTrainer, load_safety_data
+from safeft.eval.generation import GenerationConfig, move_to_device
+from safeft.models import LoadOptionError, model_fingerprint, resolve_dtype, resolve_model
+from safeft.training.base import TrainConfig, load_for_training, run_trainer
+from safeft.training.token_loss import is_sharded, selected_logits
+
+from conftest import make_tiny_model
+from derta_tiny import tiny_recipe
+
+
+def _train(tmp_path: Path, model_dir: Path, **overrides):
+    """One tiny DeRTa run through ``run_trainer`` (no check); returns (config, trainer)."""
+    recipe = tiny_recipe(tmp_path, model_dir, check={"enabled": False}, max_steps=1, **overrides)
+    data = yaml.safe_load(recipe.read_text())
+    data.pop("method")
+    config = from_dict(DeRTaConfig, data)
+    model, tokenizer = load_for_training(config)
+    examples, _ = build_derta_examples(load_safety_data(config), [], ChatFormat(tokenizer), seed=config.seed)
+    trainer = run_trainer(config, DeRTaTrainer, model, tokenizer, examples, derta_config=config)
+    return config, trainer
+
+
+def _checkpointing(model) -> bool:
+    base = model.get_base_model()
+    return bool(getattr(base, "is_activation_checkpointing", None) or base.is_gradient_checkpointing)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("dtype", "fp8", "dtype must be one of auto, fp32, bf16, fp16"),
+        ("device_map", "gpu0", "device_map must be auto"),
+        ("attn_implementation", "fast", "attn_implementation must be one of eager, sdpa"),
+        ("attn_implementation", "flash_attention_2", "needs the flash_attn package"),
+    ],
+)
+def test_bad_loading_fields_name_the_field(field, value, message):
+    if field == "attn_implementation" and value == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is not None:
+            pytest.skip("flash_attn is installed here")
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**{field: value}).validate()
+
+
+def test_fp16_and_4bit_need_lora_and_device_map_refuses_multi_process(monkeypatch):
+    no_lora = {"enabled": False}
+    with pytest.raises(ConfigError, match="dtype fp16 needs LoRA"):
+        from_dict(TrainConfig, {"dtype": "fp16", "lora": no_lora}).validate()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"device_map 'auto' .* leave device_map unset"):
+        TrainConfig(device_map="auto").validate()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+def test_4bit_on_cpu_says_what_to_install_or_that_it_needs_cuda():
+    with pytest.raises(
+        ConfigError, match=r"load_in_4bit \(QLoRA\) needs (bitsandbytes: .*safeft\[qlora\]|a CUDA GPU)"
+    ):
+        TrainConfig(load_in_4bit=True).validate()
+
+
+def test_auto_dtype_is_fp32_on_cpu_and_for_full_finetuning():
+    if not torch.cuda.is_available():
+        assert resolve_dtype("auto") == torch.float32
+        assert TrainConfig().load_options().dtype in ("auto", "fp32")
+    assert from_dict(TrainConfig, {"lora": {"enabled": False}}).load_options().dtype == "fp32"
+    assert resolve_dtype("bf16") == torch.bfloat16
+
+
+def test_revision_pins_hub_ids_and_enters_the_fingerprint(tiny_model_dir):
+    assert resolve_model("org/model", "v1.0").describe() == "hub:org/model@v1.0"
+    assert model_fingerprint("org/model") != model_fingerprint("org/model", revision="abc123")
+    assert model_fingerprint("org/model", revision="abc123") == model_fingerprint(
+        "org/model", revision="abc123"
+    )
+    with pytest.raises(LoadOptionError, match="revision 'main' applies to hub ids only"):
+        resolve_model(tiny_model_dir, "main")
+
+
+def test_bf16_run_saves_merged_model_in_bf16(tmp_path, tiny_model_dir):
+    config, trainer = _train(tmp_path, tiny_model_dir, dtype="bf16", precision="fp32")
+    assert trainer.state.global_step == 1
+    merged = Path(config.output_dir) / "merged"
+    with safe_open(merged / "model.safetensors", "pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    assert dtypes == {torch.bfloat16}
+    assert json.loads((merged / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_gradient_checkpointing_runs_a_training_step(tmp_path, tiny_model_dir):
+    config, trainer = _train(
+        tmp_path, tiny_model_dir, precision="fp32", gradient_checkpointing=True, warmup_ratio=0.0
+    )
+    assert _checkpointing(trainer.model) and trainer.state.global_step == 1
+    with safe_open(Path(config.output_dir) / "adapter" / "adapter_model.safetensors", "pt") as f:
+        lora_b = [f.get_tensor(k) for k in f.keys() if "lora_B" in k]  # noqa: SIM118
+    assert lora_b and any(b.abs().sum() > 0 for b in lora_b)  # B starts at zero: the step trained
+    assert (Path(config.output_dir) / "merged" / "model.safetensors").is_file()
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    from safeft.training.token_loss import token_losses
+
+    model = make_tiny_model(len(tokenizer), seed=4)
+    model = get_peft_model(
+        model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    model.train()
+    ids = torch.randint(0, len(tokenizer), (2, 16))
+    mask = torch.ones_like(ids)
+    select = torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    results = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.zero_grad()
+        losses, _ = token_losses(model, ids, mask, ids, select)
+        losses.mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((losses.detach(), grads))
+    assert _checkpointing(model)
+    torch.testing.assert_close(results[0][0], results[1][0])
+    assert results[0][1].keys() == results[1][1].keys() and results[0][1]
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][name])
+
+
+def test_head_inside_forward_equals_sparse_head(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    model = make_tiny_model(len(tokenizer), seed=3)
+    model = get_peft_model(
+        model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    ids = torch.randint(0, len(tokenizer), (3, 12))
+    mask = torch.ones_like(ids)
+    mask[2, 9:] = 0
+    select = torch.zeros_like(ids, dtype=torch.bool)
+    select[0, [2, 5]] = True
+    select[1, [5, 11]] = True
+    select[2, 3] = True
+    assert not is_sharded(model)
+    grads = []
+    logits = []
+    for in_forward in (False, True):
+        model.zero_grad()
+        out = selected_logits(model, ids, mask, select, head_in_forward=in_forward)
+        out.logsumexp(-1).sum().backward()
+        logits.append(out.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert logits[0].shape == (5, len(tokenizer))
+    torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-5)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6)
+
+
+def test_generation_dtype_keys_the_cache_and_device_does_not():
+    fp32 = GenerationConfig(dtype="fp32").cache_key()
+    assert "dtype" not in fp32 and "device" not in fp32
+    assert GenerationConfig(dtype="bf16").cache_key()["dtype"] == "bf16"
+    assert GenerationConfig(dtype="fp32", device="cuda:1").cache_key() == fp32
+    with pytest.raises(LoadOptionError, match="dtype must be one of"):
+        GenerationConfig(dtype="int8").cache_key()
+
+
+def test_move_to_device_moves_plain_models_but_not_dispatched_ones():
+    model = make_tiny_model(64, seed=0)
+    assert move_to_device(model, "meta").type == "meta"  # meta: a device that exists everywhere
+    placed = make_tiny_model(64, seed=0)
+    placed.hf_device_map = {"": "cpu"}
+    assert move_to_device(placed, "meta").type == "cpu"
