@@ -190,3 +190,29 @@ def test_move_to_device_moves_plain_models_but_not_dispatched_ones():
     placed = make_tiny_model(64, seed=0)
     placed.hf_device_map = {"": "cpu"}
     assert move_to_device(placed, "meta").type == "cpu"
+
+
+def test_bad_generation_device_says_what_is_accepted():
+    model = make_tiny_model(64, seed=0)
+    with pytest.raises(ValueError, match="device 'gpu0': expected cpu, cuda, cuda:N, mps or xpu"):
+        move_to_device(model, "gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees no CUDA GPU"):
+            move_to_device(model, "cuda")
+
+
+def test_eval_flags_set_device_and_dtype(tmp_path):
+    import argparse
+
+    from safeft.commands import eval as eval_command
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "How do I boil an egg?"}) + "\n")
+    parser = argparse.ArgumentParser()
+    eval_command.register(parser.add_subparsers())
+    base = ["eval", "--model", "m", "--prompts", str(prompts), "--out", str(tmp_path)]
+    args = parser.parse_args([*base, "--device", "cpu", "--dtype", "bf16"])
+    gen = eval_command.build_suite(args).generation
+    assert (gen.device, gen.dtype) == ("cpu", "bf16")
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--dtype", "fp8"])

@@ -119,6 +119,12 @@ def register(subparsers: Any) -> None:
         "--bf16", action="store_true", help="bf16 autocast (faster on CPUs with bf16; may change outputs)"
     )
     g.add_argument("--chat-template", help="Jinja chat template (text or file) overriding the tokenizer's")
+    g.add_argument("--device", help="cpu | cuda | cuda:N | mps (default: the suite's, else the GPU if any)")
+    g.add_argument(
+        "--dtype",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        help="weights' dtype (default: the suite's, else auto = bf16 on GPUs that have it, else fp32)",
+    )
     e = p.add_argument_group("OpenAI-compatible endpoint")
     e.add_argument("--endpoint", help="base URL (e.g. http://127.0.0.1:8000/v1); --model is the served name")
     e.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the --endpoint's API key")
@@ -193,6 +199,10 @@ def build_suite(args: argparse.Namespace):
         gen.batch_size = args.batch_size
     if args.bf16:
         gen.bf16_autocast = True
+    if getattr(args, "device", None):
+        gen.device = args.device
+    if getattr(args, "dtype", None):
+        gen.dtype = args.dtype
     opts = suite.attack_options
     if args.ks:
         opts["ks"] = list(args.ks)
@@ -215,7 +225,7 @@ def _local_generator(name: str, adapter: str | None, chat_template: str | None, 
     from safeft.eval.generation import HFGenerator
     from safeft.models import load_model_and_tokenizer, model_fingerprint
 
-    model, tokenizer = load_model_and_tokenizer(name, chat_template=chat_template)
+    model, tokenizer = load_model_and_tokenizer(name, gen_config.dtype, chat_template=chat_template)
     if adapter:
         from peft import PeftModel
 

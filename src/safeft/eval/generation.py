@@ -241,13 +241,26 @@ def move_to_device(model, device: str | torch.device | None = None) -> torch.dev
     over devices by a ``device_map`` or quantised (those cannot move); returns where its weights are."""
     from safeft.models import default_device
 
-    target = torch.device(device) if device else default_device()
+    target = _parse_device(device) if device else default_device()
     dispatched = bool(getattr(model, "hf_device_map", None))
     quantised = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
     if not dispatched and not quantised and _model_device(model) != target:
         log.info("moving the model to %s for generation", target)
         model.to(target)
     return _model_device(model)
+
+
+def _parse_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device, or a ValueError saying what is accepted / missing."""
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r}: expected cpu, cuda, cuda:N, mps or xpu") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: torch sees no CUDA GPU on this machine (use cpu)")
+    if target.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine (use cpu)")
+    return target
 
 
 def _model_device(model) -> torch.device:
