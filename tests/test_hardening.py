@@ -1,0 +1,377 @@
+"""Bad inputs and faults (issue 11), one table row each: argv + input files -> exit code, a substring of
+the message, and no result file written. Tiny local models and stub HTTP servers on 127.0.0.1 only.
+
+Add a case: one ``Case(...)`` line. Placeholders in argv and file names: ``{model}`` (a tiny model
+folder), ``{tmp}`` (the test's folder), ``{out}`` (``{tmp}/out``), ``{recipe}`` (a tiny DeRTa recipe),
+``{url}`` (a stub endpoint, see ``Stub``), ``{broken}`` (a model folder with corrupt weights).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from safeft.cli import main
+from safeft.config import ConfigError, parse_overrides
+
+from derta_tiny import tiny_recipe
+
+SECRET = "sk-hardening-secret-0123456789"
+RESULT_FILES = ("results.json", "report.md", "judged.jsonl", "adapter", "merged", "train_log.json")
+
+
+# --------------------------------------------------------------------------------------- stub servers
+class Stub:
+    """An OpenAI-compatible stub on 127.0.0.1. ``mode``: ``ok`` (generation answers; judge prompts
+    get prose, i.e. unusable verdicts), ``null`` (content null), ``redirect`` (302 to ``target``),
+    ``echo`` (the judge reply echoes the request headers)."""
+
+    def __init__(self, mode: str = "ok", target: str = ""):
+        self.mode, self.target = mode, target
+        self.requests: list[dict] = []
+        self.headers: list[dict] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status: int, body: dict, extra: dict | None = None) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                for k, v in (extra or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _handle(self, body: dict) -> None:
+                stub.requests.append(body)
+                stub.headers.append(dict(self.headers))
+                if stub.mode == "redirect":
+                    self._send(302, {}, {"Location": stub.target + self.path})
+                    return
+                text = json.dumps(body)
+                if stub.mode == "null":
+                    content = None
+                elif stub.mode == "echo":
+                    content = "you sent " + str(self.headers.get("Authorization"))
+                elif "VERDICT" in text:
+                    content = "Hard to say."  # an unusable judge reply
+                else:
+                    content = "Sure, here it is."
+                self._send(200, {"choices": [{"message": {"role": "assistant", "content": content}}]})
+
+            def do_GET(self):
+                self._handle({"GET": self.path})
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", 0))
+                self._handle(json.loads(self.rfile.read(n) or b"{}"))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class GarbageServer:
+    """Accepts TCP connections and answers bytes that are not HTTP."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self._stop = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\nnot http at all\r\n")
+            conn.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()
+
+
+def closed_port_url() -> str:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}/v1"
+
+
+# ------------------------------------------------------------------------------------------- the table
+@dataclass
+class Case:
+    id: str
+    argv: list[str]
+    code: int
+    message: str
+    files: dict[str, str | bytes] = field(default_factory=dict)
+    server: str | None = None  # a Stub mode, "garbage" or "closed"
+    results_expected: bool = False
+
+
+PROMPTS = '{"prompt": "How do I boil an egg?"}\n{"prompt": "Name a colour."}\n'
+EVAL = ["eval", "--model", "{model}", "--out", "{out}", "--max-new-tokens", "2"]
+EVAL_P = [*EVAL, "--prompts", "{tmp}/p.jsonl"]
+SERVED = ["eval", "--endpoint", "{url}", "--model", "served", "--out", "{out}", "--prompts", "{tmp}/p.jsonl"]
+TRAIN = ["train", "--config", "{recipe}"]
+
+CASES = [
+    # -- data: clear errors that fail before any model loads ({broken} would fail later otherwise)
+    Case("empty-prompts", ["eval", "--model", "{broken}", "--out", "{out}", "--prompts", "{tmp}/p.jsonl"],
+         2, "no prompts (empty file?)", {"p.jsonl": ""}),
+    Case("non-utf8-prompts", [*EVAL_P], 2, "p.jsonl: not UTF-8", {"p.jsonl": b'{"prompt": "caf\xe9"}\n'}),
+    Case("empty-prompt-field", [*EVAL_P], 2, "field 'prompt' is empty", {"p.jsonl": '{"prompt": "  "}\n'}),
+    Case("missing-prompt-field", [*EVAL_P], 2, "no field 'prompt'", {"p.jsonl": '{"text": "hi"}\n'}),
+    # -- flags
+    Case("ks-not-int", [*EVAL_P, "--ks", "5,abc"], 2, "--ks: expected integers", {"p.jsonl": PROMPTS}),
+    Case("batch-size-0", [*EVAL_P, "--batch-size", "0"], 2, "--batch-size: must be >= 1",
+         {"p.jsonl": PROMPTS}),
+    Case("retries-neg", [*EVAL_P, "--retries", "-1"], 2, "--retries: must be >= 0", {"p.jsonl": PROMPTS}),
+    Case("limit-0", [*EVAL_P, "--limit", "0"], 2, "--limit: must be >= 1", {"p.jsonl": PROMPTS}),
+    Case("unknown-attack", [*EVAL_P, "--attacks", "direct,dan"], 2, "valid attacks:", {"p.jsonl": PROMPTS}),
+    Case("chat-template-path-missing", [*EVAL_P, "--chat-template", "{tmp}/none.jinja"], 2,
+         "none.jinja': file not found", {"p.jsonl": PROMPTS}),
+    # -- models
+    Case("broken-weights", ["eval", "--model", "{broken}", "--out", "{out}", "--prompts", "{tmp}/p.jsonl"],
+         2, "cannot load the model directory:", {"p.jsonl": PROMPTS}),
+    Case("adapter-other-architecture", [*EVAL_P, "--adapter", "{other_adapter}"], 2,
+         "cannot be applied to --model", {"p.jsonl": PROMPTS}),
+    # -- endpoints
+    Case("redirect-refused", [*SERVED], 2, "answered a redirect (HTTP 302)", {"p.jsonl": PROMPTS},
+         server="redirect"),
+    Case("null-content", [*SERVED], 2, "content is null", {"p.jsonl": PROMPTS}, server="null"),
+    Case("not-http", [*SERVED], 2, "not HTTP", {"p.jsonl": PROMPTS}, server="garbage"),
+    Case("judge-down-before-generation", [*EVAL_P, "--judge", "llm", "--judge-opt", "base_url={url}",
+         "--judge-opt", "model=j"], 2, "cannot reach the LLM judge endpoint", {"p.jsonl": PROMPTS},
+         server="closed"),
+    Case("judge-all-unusable", [*SERVED, "--judge", "llm", "--judge-opt", "base_url={url}", "--judge-opt",
+         "model=j", "--strict"], 3, "INCOMPLETE: 1 result cell(s)", {"p.jsonl": PROMPTS}, server="ok",
+         results_expected=True),
+    # -- report
+    Case("report-without-model", ["report", "{tmp}/run", "--out", "{out}"], 2, "no field 'model'",
+         {"run/results.json": '{"version": 1, "attacks": {}}'}),
+    # -- training recipes
+    Case("recipe-yaml-syntax", ["train", "--config", "{tmp}/bad.yaml"], 2, "bad.yaml:3:1: YAML syntax error",
+         {"bad.yaml": "model: x\nlora: [1, 2\n"}),
+    Case("recipe-not-utf8", ["train", "--config", "{tmp}/bad.yaml"], 2, "bad.yaml: not UTF-8",
+         {"bad.yaml": b"model: caf\xe9\n"}),
+    Case("epochs-0", [*TRAIN, "--num_train_epochs", "0", "--max_steps", "-1"], 2,
+         "num_train_epochs must be > 0"),
+    Case("alpha-0", [*TRAIN, "--lora.alpha", "0"], 2, "lora.alpha must be > 0"),
+    Case("grad-accum-0", [*TRAIN, "--gradient_accumulation_steps", "0"], 2,
+         "gradient_accumulation_steps must be >= 1"),
+    Case("negative-lr-keeps-sign", [*TRAIN, "--learning_rate=-1e-4"], 2,
+         "learning_rate must be > 0, got -0.0001"),
+    Case("empty-safety-file", [*TRAIN, "--model", "{broken}", "--safety",
+         '[{"path": "{tmp}/empty.jsonl", "fields": {"prompt": "q", "harmful_response": "h"}}]'],
+         2, "no safety rows", {"empty.jsonl": ""}),
+    Case("output-dir-other-recipe", [*TRAIN, "--output_dir", "{tmp}/old"], 2,
+         "holds a run made with another recipe", {"old/recipe.yaml": "learning_rate: 0.5\nmodel: other\n"}),
+    Case("demo-config-yaml-syntax", ["demo", "--out", "{out}", "--config", "{tmp}/demo.yaml"], 2,
+         "demo.yaml:2:1: YAML syntax error", {"demo.yaml": "data: {n_train_triples: [\n"}),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def broken_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """The tiny model's config and tokenizer with a corrupt weights file."""
+    out = tmp_path_factory.mktemp("broken_model")
+    for f in tiny_model_dir.iterdir():
+        if f.suffix != ".safetensors":
+            (out / f.name).write_bytes(f.read_bytes())
+    (out / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    return out
+
+
+@pytest.fixture(scope="module")
+def other_adapter_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """A LoRA adapter saved for a tiny model of another width (48, not 32)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer
+
+    from conftest import make_tiny_model
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = make_tiny_model(len(tok), hidden=48)
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    out = tmp_path_factory.mktemp("other_adapter")
+    peft_model.save_pretrained(out)
+    return out
+
+
+def _fill(text: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        text = text.replace("{" + key + "}", value)
+    return text
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case, tmp_path, tiny_model_dir, broken_model_dir, request, capsys, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    values = {"model": str(tiny_model_dir), "tmp": str(tmp_path), "out": str(tmp_path / "out")}
+    values["broken"] = str(broken_model_dir)
+    if "{other_adapter}" in " ".join(case.argv):
+        values["other_adapter"] = str(request.getfixturevalue("other_adapter_dir"))
+    if "{recipe}" in " ".join(case.argv):
+        values["recipe"] = str(tiny_recipe(tmp_path, tiny_model_dir, check={"enabled": False}))
+    servers: list = []
+    if case.server == "garbage":
+        servers.append(GarbageServer())
+    elif case.server == "closed":
+        values["url"] = closed_port_url()
+    elif case.server == "redirect":
+        elsewhere = Stub("ok")
+        servers += [elsewhere, Stub("redirect", target=elsewhere.url.replace("127.0.0.1", "localhost"))]
+    elif case.server:
+        servers.append(Stub(case.server))
+    if servers:
+        values.setdefault("url", servers[-1].url)
+    for name, content in case.files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    argv = [_fill(a, values) for a in case.argv]
+    try:
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse errors
+            code = exc.code
+    finally:
+        for s in servers:
+            s.close()
+    out, err = capsys.readouterr()
+    assert code == case.code, f"exit {code}, stderr: {err[-500:]}"
+    assert case.message in err, err[-800:]
+    assert "Traceback" not in err
+    assert SECRET not in out + err
+    written = [p.name for p in (tmp_path / "out").rglob("*")] if (tmp_path / "out").exists() else []
+    if case.results_expected:
+        assert "results.json" in written
+    else:
+        assert not set(written) & set(RESULT_FILES), written
+    if case.server == "redirect":
+        assert servers[0].requests == []  # nothing, and so no key, reached the other host
+    if case.server == "null":
+        cache = tmp_path / "out" / "generations.jsonl"
+        assert not cache.exists() or cache.read_text() == ""  # a null answer is never cached
+
+
+# ----------------------------------------------------------------------------- cases beyond the table
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--output_dir=/x/my-run"], {"output_dir": "/x/my-run"}),
+        (["--output-dir", "/x/my-run"], {"output_dir": "/x/my-run"}),
+        (["--learning_rate=-1e-4"], {"learning_rate": "-1e-4"}),
+        (["--learning_rate", "-1e-4"], {"learning_rate": "-1e-4"}),
+        (["--lora.r", "8", "--lora.target-modules=q_proj"], {"lora": {"r": 8, "target_modules": "q_proj"}}),
+        (["--name=a=b"], {"name": "a=b"}),
+    ],
+)
+def test_override_parser_keeps_values_intact(argv, expected):
+    assert parse_overrides(argv) == expected
+
+
+@pytest.mark.parametrize("argv", [["output_dir", "x"], ["--=x"], ["--a..b", "1"], ["--lr"]])
+def test_override_parser_rejects_malformed(argv):
+    with pytest.raises(ConfigError):
+        parse_overrides(argv)
+
+
+def test_judge_echoing_headers_never_stores_the_key(tmp_path, monkeypatch):
+    """A judge whose reply echoes the request headers: the key is redacted in every file written."""
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("JUDGE_KEY", SECRET)
+    (tmp_path / "p.jsonl").write_text(PROMPTS)
+    gen, judge = Stub("ok"), Stub("echo")
+    try:
+        code = main(
+            ["eval", "--endpoint", gen.url, "--model", "m", "--prompts", str(tmp_path / "p.jsonl"), "--out",
+             str(tmp_path / "out"), "--judge", "llm", "--judge-opt", f"base_url={judge.url}", "--judge-opt",
+             "model=j", "--judge-api-key-env", "JUDGE_KEY"]
+        )  # fmt: skip
+    finally:
+        gen.close()
+        judge.close()
+    assert code == 0
+    assert any(h.get("Authorization") == f"Bearer {SECRET}" for h in judge.headers)
+    for f in (tmp_path / "out").rglob("*"):
+        if f.is_file():
+            assert SECRET not in f.read_text(errors="replace"), f.name
+    assert "***" in (tmp_path / "out" / "judged.jsonl").read_text()
+
+
+def test_each_endpoint_has_its_own_key_and_plain_http_warns(monkeypatch, caplog):
+    from safeft.eval.http_client import ChatClient
+
+    monkeypatch.setenv("GEN_KEY", "k-gen")
+    monkeypatch.delenv("PAIR_ATTACKER_API_KEY", raising=False)
+    assert ChatClient("http://127.0.0.1:9/v1", api_key_env="GEN_KEY").has_key
+    assert not ChatClient("http://127.0.0.1:9/v1", api_key_env="PAIR_ATTACKER_API_KEY").has_key
+    caplog.clear()
+    ChatClient("http://127.0.0.1:9/v1", api_key_env="GEN_KEY")
+    assert "plain http://" not in caplog.text  # loopback: fine
+    ChatClient("http://judge.example.org/v1", api_key_env="GEN_KEY")
+    assert "plain http://" in caplog.text and "k-gen" not in caplog.text
+    with pytest.raises(ValueError, match="retries must be >= 0"):
+        ChatClient("http://127.0.0.1:9/v1", retries=-1)
+
+
+def test_output_dir_overwrite_starts_afresh(tmp_path, tiny_model_dir):
+    """``--overwrite true`` accepts an output_dir that holds another recipe's run (old checkpoints go)."""
+    from safeft.derta.trainer import DeRTaConfig
+    from safeft.training.base import check_output_dir
+
+    old = tmp_path / "old"
+    (old / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (old / "recipe.yaml").write_text(yaml.safe_dump({"learning_rate": 0.5}))
+    config = DeRTaConfig(output_dir=str(old))
+    with pytest.raises(ConfigError, match="another recipe"):
+        check_output_dir(config)
+    config.overwrite = True
+    check_output_dir(config)
+    assert not (old / "checkpoints").exists()
+
+
+def test_version_and_help_show_defaults_and_names(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith("safeft ")
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 3)" in text  # --retries
+    assert "keyword, classifier, llm" in text and "prefill-harmful-k" in text and "advbench" in text
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "refuse harmful requests" in capsys.readouterr().out
+
+
+def test_attack_names_in_help_match_the_registry():
+    from safeft.commands.eval import ATTACK_NAMES
+    from safeft.eval.attacks import ATTACKS
+
+    assert set(ATTACK_NAMES) == set(ATTACKS)
