@@ -216,3 +216,21 @@ def test_eval_flags_set_device_and_dtype(tmp_path):
     assert (gen.device, gen.dtype) == ("cpu", "bf16")
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--dtype", "fp8"])
+
+
+def test_gpu_check_tiny_runs_on_cpu_and_writes_json(tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    report = gpu_check.main(["--tiny", "--device", "cpu", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert saved["models"].keys() == report["models"].keys() == {"tiny-llama"}
+    tiny = saved["models"]["tiny-llama"]
+    for method in ("derta", "asft"):
+        assert tiny[method]["tokens_per_s"] > 0 and tiny[method]["flops_per_token"] > 0
+        assert tiny[method]["peak_gpu_mem_gib"] is None and tiny[method]["mfu"] is None  # CPU: no peak
+    assert tiny["asft"]["trainable_params"] < tiny["derta"]["trainable_params"]  # r 8 q/v vs r 16 all
+    assert tiny["generate"]["new_tokens_per_s"] > 0 and tiny["generate"]["new_tokens"] == 4
