@@ -234,3 +234,12 @@ def test_gpu_check_tiny_runs_on_cpu_and_writes_json(tmp_path):
         assert tiny[method]["peak_gpu_mem_gib"] is None and tiny[method]["mfu"] is None  # CPU: no peak
     assert tiny["asft"]["trainable_params"] < tiny["derta"]["trainable_params"]  # r 8 q/v vs r 16 all
     assert tiny["generate"]["new_tokens_per_s"] > 0 and tiny["generate"]["new_tokens"] == 4
+
+
+@pytest.mark.parametrize("name", ["derta_llama3_8b.yaml", "derta_llama3_70b_zero3.yaml"])
+def test_llama_recipes_parse_and_validate(name):
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / name).read_text())
+    assert data.pop("method") == "derta"
+    config = from_dict(DeRTaConfig, data)
+    config.validate()
+    assert config.load_options().dtype == "bf16" and config.gradient_checkpointing
