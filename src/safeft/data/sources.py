@@ -8,7 +8,6 @@ package (installed ``--no-deps`` and read as a file: the package is never import
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from safeft.data.records import DataError, HelpfulPair, SafetyTriple, hub_rows, read_rows, text_field
+from safeft.packages import package_dir
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +183,10 @@ ADAPTERS: dict[str, Adapter] = {
 
 def package_file(package: str, relative: str) -> Path | None:
     """A data file inside an installed package, found without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
+    folder = package_dir(package)  # sys.path, then .venv/safeft-data (scripts/setup.sh)
+    if folder is None:
         return None
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    path = folder / relative
     return path if path.is_file() else None
 
 

