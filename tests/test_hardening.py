@@ -375,3 +375,35 @@ def test_attack_names_in_help_match_the_registry():
     from safeft.eval.attacks import ATTACKS
 
     assert set(ATTACK_NAMES) == set(ATTACKS)
+
+
+def test_readme_api_example_runs(tmp_path, tiny_model_dir, monkeypatch):
+    """The README's Python API block, with the tiny model in place of the embedded one."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    assert 'MODEL, PROMPTS = "smollm2-135m-instruct", "prompts.jsonl"' in block
+    (tmp_path / "prompts.jsonl").write_text(PROMPTS)
+    monkeypatch.chdir(tmp_path)
+    code = block.replace('"smollm2-135m-instruct"', repr(str(tiny_model_dir))).replace(
+        "max_new_tokens=32", "max_new_tokens=2"
+    )
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    results = scope["results"]
+    assert set(results["attacks"]) == {"direct", "completion"}
+    assert all(c["n_total"] == 2 for c in results["attacks"].values())
+
+
+def test_evaluate_takes_a_loaded_model(tmp_path, tiny_model_dir):
+    import safeft
+    from safeft.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(tiny_model_dir)
+    (tmp_path / "p.jsonl").write_text(PROMPTS)
+    results = safeft.evaluate(
+        model, tokenizer=tokenizer, prompts=tmp_path / "p.jsonl", out=tmp_path / "out", max_new_tokens=2
+    )
+    assert results["attacks"]["direct"]["n_total"] == 2
+    assert results["model"]["fingerprint"].startswith("mem-")
+    assert (tmp_path / "out" / "results.json").is_file()
+    assert {"DeRTaConfig", "AsFTTrainer", "evaluate"} <= set(dir(safeft))
