@@ -9,6 +9,10 @@ records jailbroken within ``iters`` rounds. Attacker output that holds no parsab
 back to the raw text (or, when empty, the previous prompt), so a weak attacker degrades to
 repeating the direct request rather than failing. All rounds of all active records are
 generated as one batch per round.
+
+Transport: an attacker behind ``--pair-attacker-endpoint`` is an ``OpenAIChatGenerator``, i.e. the
+one HTTP client :class:`safeft.eval.http_client.ChatClient` (redirects refused, its own key variable
+``--pair-attacker-api-key-env``, retries and timeouts); this module itself does no HTTP.
 """
 
 from __future__ import annotations
