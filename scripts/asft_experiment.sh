@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # The AsFT experiment of the README, end to end on the embedded default (needs ../shared/data):
-#   aligned model (DeRTa) -> direction -> SST-2 with 10% harmful rows: plain LoRA, AsFT, Safe LoRA
-#   -> safeft eval of each (suites/asft_sst2.yaml) -> safeft report.
+#   aligned model -> direction (q_proj/v_proj, k 8, with the paper factors) -> fine-tune on AsFT's
+#   SST-2 mix (10% harmful rows) once per run below -> safeft eval of each (suites/asft_sst2.yaml)
+#   -> safeft report + summary table with issue 8's targets (OUT/summary.md).
 # Usage: bash scripts/asft_experiment.sh [ALIGNED_MODEL_DIR] [OUT_DIR] [extra train overrides...]
+# Budget knobs (environment): ROWS (task rows, harmful share kept; 400), EPOCHS (1), MAX_LENGTH (128),
+#   OFFICIAL_EPOCHS (the official recipe's 10, cut to 1 by default), ANTI (anti-direction lambda; 100),
+#   RUNS (which runs, in order; the first must be plain_lora), SAFELORA=1 adds Safe LoRA on plain LoRA,
+#   EVAL_LIMIT (prompts per set and task, for a smoke run; default: the suite's 50 / 100).
+# Runs: plain_lora (lambda 0) | asft_svd (lambda 1, svd, s B A) | asft_official (recipes/
+#   asft_sst2_official.yaml: paper C on B A, lr 5e-5, StepLR 0.85, Alpaca layout, harmful rows under
+#   their system prompt) | plain_lora_official (the same recipe with lambda 0) | asft_anti (asft_svd +
+#   anti-direction term) | asft_lambda10 | asft_k2 (svd with the top 2 directions only).
 # Every step is skipped when its output exists, so an interrupted run resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,24 +19,57 @@ ALIGNED=${1:-runs/derta_smollm2/merged}
 OUT=${2:-runs/asft_experiment}
 shift $(( $# > 2 ? 2 : $# ))
 SAFEFT=${SAFEFT:-.venv/bin/safeft}
+PY=${PY:-.venv/bin/python}
 DATA=${SAFEFT_DATA_DIR:-../shared/data}
+ROWS=${ROWS:-400}
+EPOCHS=${EPOCHS:-1}
+OFFICIAL_EPOCHS=${OFFICIAL_EPOCHS:-1}
+MAX_LENGTH=${MAX_LENGTH:-128}
+ANTI=${ANTI:-100}
+RUNS=${RUNS:-plain_lora asft_svd asft_official asft_anti}
 mkdir -p "$OUT"
 [ -d "$ALIGNED" ] || $SAFEFT train --config recipes/derta_smollm2.yaml --output_dir "$(dirname "$ALIGNED")"
 [ -f "$OUT/direction/direction.json" ] || $SAFEFT direction --aligned "$ALIGNED" \
   --unaligned smollm2-135m-instruct --targets q_proj,v_proj --rank 8 --paper --out "$OUT/direction"
-COMMON=(--model "$ALIGNED" --direction "$OUT/direction" --num_train_epochs 1 --max_length 192 "$@")
-[ -f "$OUT/plain_lora/adapter/adapter_config.json" ] || $SAFEFT train \
-  --config recipes/asft_sst2_plain_lora.yaml --output_dir "$OUT/plain_lora" "${COMMON[@]}"
-[ -f "$OUT/asft/adapter/adapter_config.json" ] || $SAFEFT train \
-  --config recipes/asft_sst2_smollm2.yaml --output_dir "$OUT/asft" "${COMMON[@]}"
-[ -f "$OUT/safelora/adapter_config.json" ] || $SAFEFT safelora --adapter "$OUT/plain_lora/adapter" \
-  --direction "$OUT/direction" --threshold 0.5 --out "$OUT/safelora"
-$SAFEFT eval --model "$ALIGNED" --suite suites/asft_sst2.yaml --data-dir "$DATA" --out "$OUT/eval_aligned"
-for run in plain_lora asft; do
-  $SAFEFT eval --model "$ALIGNED" --adapter "$OUT/$run/adapter" --suite suites/asft_sst2.yaml \
-    --data-dir "$DATA" --out "$OUT/eval_$run"
+COMMON=(--model "$ALIGNED" --direction "$OUT/direction" --max_rows "$ROWS" --max_length "$MAX_LENGTH"
+  --check.enabled false --merge false "$@")
+train() {  # NAME RECIPE [overrides...]
+  local name=$1 recipe=$2
+  shift 2
+  [ -f "$OUT/$name/adapter/adapter_config.json" ] || $SAFEFT train --config "$recipe" \
+    --output_dir "$OUT/$name" "${COMMON[@]}" "$@"
+}
+evaluate() {  # NAME [safeft eval flags...]
+  local name=$1
+  shift
+  [ -f "$OUT/eval_$name/results.json" ] || $SAFEFT eval --model "$ALIGNED" "$@" ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"} \
+    --suite suites/asft_sst2.yaml --data-dir "$DATA" --out "$OUT/eval_$name"
+}
+evaluate aligned
+for run in $RUNS; do
+  case $run in
+    plain_lora) train "$run" recipes/asft_sst2_plain_lora.yaml --num_train_epochs "$EPOCHS" ;;
+    asft_svd) train "$run" recipes/asft_sst2_smollm2.yaml --num_train_epochs "$EPOCHS" ;;
+    asft_official) train "$run" recipes/asft_sst2_official.yaml --num_train_epochs "$OFFICIAL_EPOCHS" ;;
+    plain_lora_official) train "$run" recipes/asft_sst2_official.yaml --num_train_epochs "$OFFICIAL_EPOCHS" \
+      --penalty_lambda 0 ;;
+    asft_anti) train "$run" recipes/asft_sst2_smollm2.yaml --num_train_epochs "$EPOCHS" \
+      --anti_direction_lambda "$ANTI" ;;
+    asft_lambda10) train "$run" recipes/asft_sst2_smollm2.yaml --num_train_epochs "$EPOCHS" --penalty_lambda 10 ;;
+    asft_k2) train "$run" recipes/asft_sst2_smollm2.yaml --num_train_epochs "$EPOCHS" --rank 2 ;;
+    *) echo "unknown run '$run' in RUNS" >&2; exit 2 ;;
+  esac
+  evaluate "$run" --adapter "$OUT/$run/adapter"
 done
-$SAFEFT eval --model "$ALIGNED" --adapter "$OUT/safelora" --suite suites/asft_sst2.yaml \
-  --data-dir "$DATA" --out "$OUT/eval_safelora"
-$SAFEFT report "$OUT/eval_aligned" "$OUT/eval_plain_lora" "$OUT/eval_asft" "$OUT/eval_safelora" \
-  --labels aligned,plain_lora,asft,safe_lora --out "$OUT/report"
+NAMES=(aligned $RUNS)
+if [ "${SAFELORA:-0}" = 1 ]; then
+  [ -f "$OUT/safelora/adapter_config.json" ] || $SAFEFT safelora --adapter "$OUT/plain_lora/adapter" \
+    --direction "$OUT/direction" --threshold 0.5 --out "$OUT/safelora"
+  evaluate safelora --adapter "$OUT/safelora"
+  NAMES+=(safelora)
+fi
+EVALS=()
+for n in "${NAMES[@]}"; do EVALS+=("$OUT/eval_$n"); done
+LABELS=$(IFS=,; echo "${NAMES[*]}")
+$SAFEFT report "${EVALS[@]}" --labels "$LABELS" --out "$OUT/report"
+$PY -m safeft.asft.summary "$OUT" "${NAMES[@]}"
