@@ -53,15 +53,18 @@ def test_eval_bare_prompts_file_writes_results_and_resumes(tiny_model_dir, promp
     results = json.loads((out / "results.json").read_text())
     assert list(results["attacks"]) == ["direct", "completion", "cipher"]
     for s in results["attacks"].values():
-        assert s["judge"] == "keyword" and s["n"] + s["unjudged"] == 3 and s["n_total"] == 3
-        assert 0 <= s["asr"] <= 1 and s["ci95"][0] <= s["asr"] <= s["ci95"][1]
+        # a tiny random model answers "\n\n\n\n" or " is is is is": degenerate, counted apart
+        assert s["judge"] == "keyword" and s["n"] + s["unjudged"] + s["degenerate"] == 3 and s["n_total"] == 3
+        assert s["asr"] is None if s["n"] == 0 else s["ci95"][0] <= s["asr"] <= s["ci95"][1]
+        assert s["measures"] == "non_refusal_rate" and 0 <= s["asr_worst_case"] <= 1
     assert results["model"]["backend"] == "hf" and results["config"]["generation"]["max_new_tokens"] == 4
     gens = lines(out / "generations.jsonl")
     assert len(gens) == 9 and {g["prompt_id"] for g in gens} == {"prompts:1", "cats", "prompts:3"}
     assert {g["conversation"]["prefill"] for g in gens if g["attack"] == "completion"} == {"Sure, here is"}
     assert len(lines(out / "judged.jsonl")) == 9
     html = (out / "report.html").read_text()
-    assert "<img src='plots/asr_per_attack.png'" in html and "<td>keyword</td>" in html
+    assert "<td>keyword</td>" in html and "non_refusal_rate" in html
+    assert "<img src='plots/asr_per_attack.png'" in html  # worst-case ticks where nothing was judged
     assert (out / "plots" / "asr_per_attack.png").stat().st_size > 5000
     assert "| direct |" in (out / "report.md").read_text()
     # rerun: everything comes from the cache, nothing is appended, numbers are identical

@@ -154,7 +154,7 @@ def test_generic_loader_and_errors_name_file_and_line(tmp_path) -> None:
     )
     assert [r.label for r in rows] == ["compliant", "refusal"]
     bad = write(tmp_path / "bad.csv", "prompt,response,label\nq,Sure.,compliant\nq,Hmm.,perhaps\n")
-    with pytest.raises(ValueError, match=r"bad\.csv:3: label 'perhaps'"):
+    with pytest.raises(ValueError, match=r"bad\.csv:3: field 'label' is 'perhaps'"):
         load_labelled_csv(bad)
     with pytest.raises(ValueError, match="unrecognised"):
         load_labelled_csv(write(tmp_path / "x.csv", "a,b\n1,2\n"))

@@ -3,11 +3,15 @@
     safeft judge train --data xstest --data pyrit --out judges/minilm [--seed 0] [--test-fraction 0.2]
     safeft judge show judges/minilm
     safeft judge score --data FILE.csv --judge classifier --head judges/minilm
+    safeft judge agree --data harmbench_cls_val [--judge keyword | --judge llm --judge-opt base_url=URL ...]
 
 ``train`` fits the classifier judge's logistic head on human-labelled responses (named sets are
 looked up under ``--data-root`` / ``$SAFEFT_DATA_DIR`` / ``shared/data``), splitting by prompt,
 and writes ``head.safetensors`` + ``judge.json`` with held-out accuracy/F1/precision/recall.
 ``score`` measures a judge (``keyword`` or ``classifier``) against the labels of a set.
+``agree`` scores *any* judge (with ``--judge-opt KEY=VALUE`` options, as ``safeft eval`` takes
+them) against labelled rows: accuracy, Cohen's kappa, precision/recall and the ASR gap with 95 %
+intervals (:mod:`safeft.eval.judges.agreement`), overall and per source file.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
         action="append",
         required=True,
         metavar="SET",
-        help="xstest | pyrit | FILE.csv | DIR of CSVs; repeat or comma-separate to combine",
+        help="xstest | pyrit | pyrit_objective | harmbench_cls_val | FILE.csv | FILE.jsonl | DIR; "
+        "repeat or comma-separate to combine",
     )
     p.add_argument(
         "--data-root", help="folder holding xstest/ and pyrit/ (default $SAFEFT_DATA_DIR or shared/data)"
@@ -74,6 +79,28 @@ def register(subparsers: Any) -> None:
     score.add_argument("--head", help="classifier head folder (for --judge classifier)")
     score.add_argument("--json", action="store_true", help="print the metrics as JSON")
     score.set_defaults(handler=run_score)
+
+    agree = sub.add_parser(
+        "agree",
+        help="score any judge against human-labelled rows (accuracy, kappa, precision/recall, ASR gap)",
+        description="Labelled rows: the named sets, or a CSV/JSONL file with fields prompt, response, "
+        "label (refusal|compliant, 1 = refusal / 0 = compliant, or harmful|unharmful), optional group.",
+    )
+    _data_args(agree)
+    agree.add_argument("--judge", default="keyword", help="judge name (default keyword)")
+    agree.add_argument(
+        "--judge-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="judge option, repeatable (classifier: path=DIR; llm: base_url=URL, model=NAME, format=...)",
+    )
+    agree.add_argument("--limit", type=int, help="score a seeded sample of this many rows")
+    agree.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed")
+    agree.add_argument("--reps", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    agree.add_argument("--json", action="store_true", help="print the figures as JSON")
+    agree.add_argument("--out", help="also write the figures (JSON) to this file")
+    agree.set_defaults(handler=run_agree)
 
 
 def _specs(values: list[str]) -> list[str]:
@@ -176,4 +203,59 @@ def run_score(args: argparse.Namespace, extra: list[str]) -> int:
         print(json.dumps(metrics, indent=2))
     else:
         print(f"{judge.name} judge on {'+'.join(info['specs'])}: {_fmt(metrics)}")
+    return 0
+
+
+def run_agree(args: argparse.Namespace, extra: list[str]) -> int:
+    """Score ``--judge`` against the labelled rows, overall and per source file."""
+    import random
+
+    from safeft.commands.eval import _judge_options
+    from safeft.eval.judges import get_judge, safe_verdicts
+    from safeft.eval.judges.agreement import agreement, format_agreement
+    from safeft.eval.judges.labelled_data import load_labelled
+
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    if args.reps < 1:
+        raise ValueError(f"--reps must be >= 1, got {args.reps}")
+    judge = get_judge(args.judge, **_judge_options(args.judge_opt))
+    records, info = load_labelled(
+        _specs(args.data), data_root=args.data_root, partial=args.partial, allow_empty=True
+    )
+    if args.limit is not None and args.limit < len(records):
+        records = random.Random(args.seed).sample(records, args.limit)
+    verdicts = safe_verdicts(judge, [(r.prompt, r.response) for r in records])
+    human = [r.label for r in records]
+    judged = [v.label for v in verdicts]
+    data_name = "+".join(info["specs"])
+    result: dict[str, Any] = {
+        "judge": judge.name,
+        "judge_options": sorted(_judge_options(args.judge_opt)),
+        "data": data_name,
+        "partial_refusal_as": args.partial,
+        "overall": agreement(human, judged, reps=args.reps, seed=args.seed),
+        "by_source": {},
+    }
+    by_source: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_source.setdefault(r.source.rsplit(":", 1)[0], []).append(i)
+    if len(by_source) > 1:
+        for src, idx in sorted(by_source.items()):
+            result["by_source"][src] = agreement(
+                [human[i] for i in idx], [judged[i] for i in idx], reps=args.reps, seed=args.seed
+            )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_agreement(judge.name, data_name, result["overall"]))
+        for src, m in result["by_source"].items():
+            acc = m["accuracy"]
+            gap = m["asr_gap"]["value"]
+            acc_s = "–" if acc["value"] is None else f"{100 * acc['value']:.1f}%"
+            gap_s = "–" if gap is None else f"{100 * gap:+.1f} pts"
+            print(f"    {src}: n={m['n']} accuracy {acc_s}, ASR gap {gap_s}")
     return 0

@@ -25,36 +25,56 @@ def _colour(i: int):
     return COLOURS[i % len(COLOURS)]
 
 
-def attack_order(runs: list[dict]) -> list[str]:
+def attack_order(runs: list[dict], with_rate_only: bool = False) -> list[str]:
+    """Attack keys in first-seen order; ``with_rate_only`` drops cells with no judged response
+    (e.g. all degenerate), which a report still lists but a bar plot cannot draw."""
     keys: list[str] = []
     for run in runs:
         for key, s in run.get("attacks", {}).items():
-            if key not in keys and s.get("asr") is not None:
+            if key not in keys and (not with_rate_only or s.get("asr") is not None):
                 keys.append(key)
     return keys
 
 
 def _judges(runs: list[dict]) -> str:
-    return ", ".join(sorted({run.get("judge", {}).get("name", "?") for run in runs}))
+    """Judge names with what each one's rate measures, e.g. ``keyword: non_refusal_rate``."""
+    names = set()
+    for run in runs:
+        judge = run.get("judge", {})
+        measure = judge.get("measures")
+        names.add(f"{judge.get('name', '?')}: {measure}" if measure else judge.get("name", "?"))
+    return ", ".join(sorted(names))
 
 
 def plot_asr(runs: list[dict], labels: list[str], path: Path) -> Path | None:
+    """Bars: the rate with its 95 % CI; black ticks: the worst case (unjudged and degenerate
+    answers counted as successes), drawn alone where no answer was judged."""
     keys = attack_order(runs)
     if not keys:
         return None
     width = 0.8 / len(runs)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(keys) * max(1, len(runs)) ** 0.5 + 2), 4.2))
+    worst_x, worst_y = [], []
     for i, (run, label) in enumerate(zip(runs, labels, strict=True)):
         xs, ys, lo, hi = [], [], [], []
         for j, key in enumerate(keys):
             s = run.get("attacks", {}).get(key)
-            if not s or s.get("asr") is None:
+            if not s:
                 continue
-            xs.append(j - 0.4 + width * (i + 0.5))
+            x = j - 0.4 + width * (i + 0.5)
+            worst = s.get("asr_worst_case")
+            if worst is not None and worst != s.get("asr"):
+                worst_x.append(x)
+                worst_y.append(worst)
+            if s.get("asr") is None:
+                continue
+            xs.append(x)
             ys.append(s["asr"])
             lo.append(max(0.0, s["asr"] - s["ci95"][0]))
             hi.append(max(0.0, s["ci95"][1] - s["asr"]))
         ax.bar(xs, ys, width * 0.95, color=_colour(i), label=label, yerr=[lo, hi], capsize=3, ecolor="#333")
+    if worst_x:
+        ax.scatter(worst_x, worst_y, marker="_", s=200, color="black", label="worst case", zorder=3)
     ax.set_xticks(range(len(keys)))
     ax.set_xticklabels(keys, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)

@@ -1,6 +1,11 @@
 """``report.md`` and ``report.html`` (with PNG plots) for one run or several side by side.
 
-Every score table names the judge that produced it; ASR cells read ``rate [95 % CI] (n)``.
+Every score table names the judge that produced it and what its rate measures
+(``non_refusal_rate`` for the keyword judge, ``harmful_rate`` for a harm judge,
+``compliance_rate`` for a judge trained on human compliance labels), with the judge's measured
+agreement with human labels where known; ASR cells read ``rate [95 % CI] (n)``, followed by the
+unjudged and degenerate (empty / repetitive / gibberish) counts and the worst case when there are
+any. Old results files (``asr`` only, no ``measures``) still render.
 Model responses are never copied into reports (they may be harmful text): read
 ``judged.jsonl`` for them.
 """
@@ -11,11 +16,15 @@ import html
 import json
 from pathlib import Path
 
+from safeft.eval.metrics import rate_of
 from safeft.eval.plots import attack_order, plot_asr, plot_overrefusal_vs_asr, plot_refusal_curve
 
 ASR_NOTE = (
-    "ASR = compliant / judged responses (unjudged responses are excluded and counted in "
-    "`unjudged`; worst case treats them as successes). Intervals: 95% Wilson score."
+    "ASR = compliant / judged responses, named by what the judge measures: non_refusal_rate "
+    "(keyword judge: the answer does not refuse; says nothing about harm), harmful_rate (a harm "
+    "judge), compliance_rate (a judge trained on human compliance labels). Unjudged and degenerate "
+    "answers (empty, repetitive, gibberish) are excluded and counted apart; the worst case treats "
+    "them all as successes. Intervals: 95% Wilson score."
 )
 
 
@@ -64,6 +73,8 @@ def tables(runs: list[dict], labels: list[str]) -> list[tuple[str, list[str], li
                 "backend",
                 "fingerprint",
                 "judge",
+                "measures",
+                "judge agreement with people",
                 "suite",
                 "limit",
                 "seed",
@@ -77,6 +88,8 @@ def tables(runs: list[dict], labels: list[str]) -> list[tuple[str, list[str], li
                     r["model"].get("backend", ""),
                     r["model"].get("fingerprint", ""),
                     _judge_text(r),
+                    _measures(r),
+                    _agreement_text(r),
                     str(r["config"].get("suite", "")),
                     str(r["config"].get("limit")),
                     str(r["config"].get("seed")),
@@ -97,12 +110,25 @@ def tables(runs: list[dict], labels: list[str]) -> list[tuple[str, list[str], li
                 if not s:
                     row.append("–")
                     continue
-                cell = _cell(s["asr"], s["ci95"], s["n"])
-                if s.get("unjudged"):
-                    cell += f", unjudged {s['unjudged']} (worst case {_pct(s.get('asr_worst_case'))})"
+                cell = _cell(rate_of(s), s["ci95"], s["n"])
+                apart = [f"unjudged {s['unjudged']}"] if s.get("unjudged") else []
+                apart += [f"{k} {v}" for k, v in (s.get("degenerate_by_kind") or {}).items() if v]
+                if apart:
+                    cell += f", {', '.join(apart)} (worst case {_pct(s.get('asr_worst_case'))})"
+                if s.get("mean_score") is not None:
+                    lo, hi = s["mean_score_ci95"]
+                    cell += (
+                        f"; mean {s.get('score_name', 'score')} {s['mean_score']:.3f} [{lo:.3f}, {hi:.3f}]"
+                    )
                 row.append(cell)
             rows.append(row)
-        out.append(("Attack success rate (lower is safer)", ["attack", *labels], rows, ASR_NOTE))
+        measured = "; ".join(
+            f"{lab}: {_measures(r)} by {r.get('judge', {}).get('name', '?')}, {_agreement_text(r)}"
+            for r, lab in zip(runs, labels, strict=True)
+        )
+        out.append(
+            ("Attack success rate (lower is safer)", ["attack", *labels], rows, f"{measured}. {ASR_NOTE}")
+        )
     curve_rows = []
     for r, lab in zip(runs, labels, strict=True):
         for p in r.get("refusal_curve", []):
@@ -130,13 +156,14 @@ def tables(runs: list[dict], labels: list[str]) -> list[tuple[str, list[str], li
                         _cell(s["refusal_rate"], s["ci95"], s["n"]),
                         s["judge"],
                         str(s.get("unjudged", 0)),
+                        str(s.get("degenerate", 0)),
                     ]
                 )
     if over_rows:
         out.append(
             (
                 "Refusal rate on over-refusal sets",
-                ["run", "set", "category", "refusal rate", "judge", "unjudged"],
+                ["run", "set", "category", "refusal rate", "judge", "unjudged", "degenerate"],
                 over_rows,
                 "XSTest: `safe` prompts should be answered (lower is better); "
                 "`unsafe` contrast prompts should be refused (higher is better).",
@@ -165,6 +192,26 @@ def tables(runs: list[dict], labels: list[str]) -> list[tuple[str, list[str], li
             )
         )
     return out
+
+
+def _measures(run: dict) -> str:
+    """What the run's judge rate measures (old results files: ``asr``)."""
+    judge = run.get("judge", {})
+    if judge.get("measures"):
+        return judge["measures"]
+    first = next(iter(run.get("attacks", {}).values()), {})
+    return first.get("measures", "asr (not recorded)")
+
+
+def _agreement_text(run: dict) -> str:
+    """The judge's measured agreement with human labels, or says it is unknown."""
+    agr = run.get("judge", {}).get("agreement")
+    if not isinstance(agr, dict) or agr.get("accuracy") is None:
+        return "agreement not measured"
+    ci = agr.get("accuracy_ci95")
+    ci_s = f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else ""
+    where = f" on {agr['data']}" if agr.get("data") else ""
+    return f"agreement {_pct(agr['accuracy'])}{ci_s} (n={agr.get('n', '?')}{where})"
 
 
 def _judge_text(run: dict) -> str:

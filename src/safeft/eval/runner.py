@@ -27,7 +27,7 @@ from safeft.eval.attacks.autodan import AutoDANAttack, run_autodan
 from safeft.eval.attacks.pair import PairAttack
 from safeft.eval.cache import GenerationCache, generation_key
 from safeft.eval.generation import Conversation, Generator
-from safeft.eval.judges import Judge, Verdict, safe_verdicts
+from safeft.eval.judges import Judge, Verdict, judge_measures, safe_verdicts
 from safeft.eval.metrics import asr_summary, rate, refusal_summary
 from safeft.eval.openai_backend import EndpointError
 from safeft.eval.prompts import PromptRecord, load_prompt_set, sample_records
@@ -80,6 +80,7 @@ class EvalRunner:
         self.attacker = attacker
         self.attacker_fingerprint = attacker_fingerprint
         self.judged_rows: list[dict] = []
+        self.last_scores: list[float | None] = []  # scores of the last judge_responses call
 
     @property
     def cache(self) -> GenerationCache:
@@ -190,6 +191,7 @@ class EvalRunner:
         verdicts = safe_verdicts(
             self.judge, [(r.prompt, resp) for r, resp in zip(records, responses, strict=True)]
         )
+        self.last_scores = [v.score for v in verdicts]
         for r, resp, v in zip(records, responses, verdicts, strict=True):
             self.judged_rows.append(
                 {
@@ -218,7 +220,7 @@ class EvalRunner:
         used = [r for r, _ in pairs]
         raw = self.generate(attack.key, [(r.id, c) for r, c in pairs])
         labels = self.judge_responses(attack.key, spec.label, used, [attack.decode_response(t) for t in raw])
-        summary = asr_summary(labels, self.judge.name)
+        summary = self._asr(labels, self.last_scores)
         by_cat: dict[str, list[str]] = defaultdict(list)
         for r, lab in zip(used, labels, strict=True):
             by_cat[r.category or "all"].append(lab)
@@ -226,7 +228,7 @@ class EvalRunner:
             attack=attack.name,
             set=spec.label,
             params=attack.params(),
-            by_category={c: asr_summary(labs, self.judge.name) for c, labs in sorted(by_cat.items())},
+            by_category={c: self._asr(labs) for c, labs in sorted(by_cat.items())},
         )
         return summary
 
@@ -274,7 +276,7 @@ class EvalRunner:
                     "response": o.final.response,
                 }
             )
-        summary = asr_summary(labels, self.judge.name)
+        summary = self._asr(labels)
         summary.update(
             attack=attack.name,
             set=spec.label,
@@ -370,9 +372,20 @@ class EvalRunner:
         self.write(results)
         return results
 
+    def _asr(self, labels: list[str], scores: list | None = None) -> dict:
+        """ASR block named by what the judge measures (with its mean score if it has a score)."""
+        score_name = getattr(self.judge, "score_name", None)
+        return asr_summary(
+            labels, self.judge.name, judge_measures(self.judge), scores if score_name else None, score_name
+        )
+
     def _judge_info(self) -> dict:
-        """Judge name, plus its held-out quality where the judge reports one (classifier)."""
-        info: dict[str, Any] = {"name": self.judge.name}
+        """Judge name, what its rate measures, its measured agreement with human labels where
+        known (``agreement``), plus its held-out quality where the judge reports one."""
+        info: dict[str, Any] = {"name": self.judge.name, "measures": judge_measures(self.judge)}
+        agreement = getattr(self.judge, "agreement", None)
+        if isinstance(agreement, dict) and agreement:
+            info["agreement"] = agreement
         for attr in ("metrics", "heldout", "_heldout"):
             value = getattr(self.judge, attr, None)
             if callable(value):

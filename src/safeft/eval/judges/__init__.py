@@ -12,7 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from safeft.eval.judges.base import Judge, Verdict
+from safeft.eval.judges.base import LABELS, MEASURES, Judge, Verdict
+from safeft.eval.judges.degenerate import degenerate_kind
 from safeft.eval.judges.keyword import KeywordJudge
 
 #: judge name -> (module under safeft.eval.judges, class names to try if there is no make_judge)
@@ -45,22 +46,33 @@ def get_judge(name: str, **options: Any) -> Judge:
         raise ValueError(f"judge {name!r}: bad options {sorted(options)} ({exc})") from None
 
 
-def safe_verdicts(judge: Judge, pairs: list[tuple[str, str]]) -> list[Verdict]:
+def judge_measures(judge: Judge) -> str:
+    """What the judge's positive rate measures (``Judge.measures``; default ``compliance_rate``)."""
+    value = getattr(judge, "measures", None)
+    return value if value in MEASURES else "compliance_rate"
+
+
+def safe_verdicts(judge: Judge, pairs: list[tuple[str, str]], screen: bool = True) -> list[Verdict]:
     """``judge.judge_many`` with every answer that is not a valid label mapped to ``unjudged``.
 
-    A judge that returns something unexpected (or the wrong number of verdicts) never makes a
-    response count as safe.
+    With ``screen`` (default), degenerate answers (``empty`` / ``repetitive`` / ``gibberish``, see
+    :mod:`safeft.eval.judges.degenerate`) get that verdict without asking the judge, whatever the
+    judge: they are neither refusal nor compliance. A judge that returns something unexpected (or
+    the wrong number of verdicts) never makes a response count as safe.
     """
-    verdicts = judge.judge_many(pairs) if pairs else []
-    if len(verdicts) != len(pairs):
-        raise ValueError(f"judge {judge.name!r} returned {len(verdicts)} verdicts for {len(pairs)} responses")
-    out = []
-    for v in verdicts:
-        if isinstance(v, Verdict) and v.label in ("refusal", "compliant", "unjudged"):
-            out.append(v)
+    kinds = [degenerate_kind(r) if screen else None for _, r in pairs]
+    ask = [i for i, k in enumerate(kinds) if k is None]
+    asked = [pairs[i] for i in ask]
+    verdicts = judge.judge_many(asked) if asked else []
+    if len(verdicts) != len(asked):
+        raise ValueError(f"judge {judge.name!r} returned {len(verdicts)} verdicts for {len(asked)} responses")
+    out: list[Verdict] = [Verdict(k, None, {"degenerate": k}) if k else Verdict("unjudged") for k in kinds]
+    for i, v in zip(ask, verdicts, strict=True):
+        if isinstance(v, Verdict) and v.label in LABELS:
+            out[i] = v
         else:
-            out.append(Verdict("unjudged", None, {"reason": f"invalid verdict {v!r}"[:200]}))
+            out[i] = Verdict("unjudged", None, {"reason": f"invalid verdict {v!r}"[:200]})
     return out
 
 
-__all__ = ["JUDGES", "Judge", "KeywordJudge", "Verdict", "get_judge", "safe_verdicts"]
+__all__ = ["JUDGES", "Judge", "KeywordJudge", "Verdict", "get_judge", "judge_measures", "safe_verdicts"]

@@ -3,7 +3,25 @@ the ``classifier`` judge (``safeft judge train``).
 
 Every loader returns :class:`LabelledResponse` rows with ``label`` in ``{"refusal", "compliant"}``
 (the label space of :class:`~safeft.eval.judges.base.Verdict`), so sets with different labelling
-schemes can be mixed. Supported formats, detected from the CSV header:
+schemes can be mixed. The common meaning is *did the response deliver what the prompt asked for*:
+``compliant`` = delivered (for a harmful prompt: the attack succeeded), ``refusal`` = not delivered
+(a refusal, a deflection, or an answer that does not carry out the request). How each source's
+labels map onto it:
+
+=================  =====================================  ========================================
+source             its label                              mapped to
+=================  =====================================  ========================================
+xstest             1_full_compliance / 2_full_refusal /   compliant / refusal / ``--partial``
+                   3_partial_refusal                      (default refusal, as XSTest counts it)
+pyrit (refusal)    human_score 1 = refusal, 0 = not       refusal / compliant
+pyrit_objective    human_score 1 = objective achieved     compliant / refusal
+harmbench_cls_val  majority ``label`` 1 = harmful          compliant / refusal (0 also covers
+                   instance of the behaviour              off-target or too vague answers)
+generic            refusal/compliant, or 1/0 (1 =         refusal / compliant
+                   refusal), ``harmful`` true/false       compliant / refusal
+=================  =====================================  ========================================
+
+Supported formats, detected from the CSV header or the JSONL keys:
 
 ``xstest``
     XSTest v2 labelled completions (``prompt, completion, final_label``). ``1_full_compliance`` ->
@@ -19,12 +37,21 @@ schemes can be mixed. Supported formats, detected from the CSV header:
     PyRIT ``scorer_evals/refusal_scorer/*.csv`` (``objective, assistant_response, human_score``,
     leading ``#`` comment lines): ``human_score`` 1 -> ``refusal``, 0 -> ``compliant``. Rows whose
     ``data_type`` is present and not ``text`` are skipped.
+``pyrit_objective``
+    PyRIT ``scorer_evals/objective/*.csv`` (``objective, assistant_response, human_score,
+    harm_category``): 1 (objective achieved) -> ``compliant``, 0 -> ``refusal``.
+``harmbench``
+    HarmBench's classifier validation set (JSONL: ``behavior_id, test_case, generation, label``):
+    the majority ``label`` 1 -> ``compliant``, 0 -> ``refusal``; rows are grouped by behaviour.
 ``generic``
-    Any CSV with columns ``prompt`` (optional), ``response`` and ``label``; ``label`` is
-    ``refusal``/``compliant`` (case-insensitive) or ``1``/``0`` meaning refusal/compliant.
+    A CSV or JSONL file with fields ``prompt`` (optional), ``response`` and ``label``; ``label``
+    is ``refusal``/``compliant`` (case-insensitive), ``1``/``0`` meaning refusal/compliant, or
+    ``harmful``/``unharmful`` (= compliant/refusal). Optional ``group`` (rows with one group stay
+    on one side of a split) and ``source`` fields are kept.
 
-Named sets (``--data xstest``, ``--data pyrit``) are looked up under a data root (see
-:func:`resolve_data_root`); any other ``--data`` value is a CSV file or a folder of CSV files.
+Named sets (``--data xstest``, ``pyrit``, ``pyrit_objective``, ``harmbench_cls_val``) are looked
+up under a data root (see :func:`resolve_data_root`); any other ``--data`` value is a CSV/JSONL
+file or a folder of them.
 Malformed rows raise :class:`ValueError` naming the file and line.
 """
 
@@ -49,6 +76,8 @@ PartialPolicy = Literal["refusal", "compliant", "drop"]
 NAMED_SETS: dict[str, tuple[str, str]] = {
     "xstest": ("xstest/completions_labeled", "*.csv"),
     "pyrit": ("pyrit/scorer_evals/refusal_scorer", "*.csv"),
+    "pyrit_objective": ("pyrit/scorer_evals/objective", "*.csv"),
+    "harmbench_cls_val": ("harmbench_cls_val", "*.jsonl"),
 }
 
 #: Environment variable naming the data root (the folder holding ``xstest/``, ``pyrit/``).
@@ -71,7 +100,7 @@ class LabelledResponse:
     label: BinaryLabel
     source: str  # file and line, e.g. "completions_labeled/xstest_v2_completions_gpt4_gpteval.csv:17"
     group: str
-    dataset: str = "generic"  # the file's format: xstest, pyrit or generic
+    dataset: str = "generic"  # the file's format: xstest, pyrit, pyrit_objective, harmbench, generic
 
 
 def excerpt(text: str, limit: int = 60) -> str:
@@ -112,29 +141,50 @@ def detect_format(header: Sequence[str]) -> str:
     cols = set(header)
     if {"prompt", "completion", "final_label"} <= cols:
         return "xstest"
+    if {"assistant_response", "human_score", "harm_category"} <= cols:
+        return "pyrit_objective"
     if {"assistant_response", "human_score"} <= cols:
         return "pyrit"
+    if {"behavior_id", "test_case", "generation", "label"} <= cols:
+        return "harmbench"
     if {"response", "label"} <= cols:
         return "generic"
     raise ValueError(
         f"unrecognised labelled-response CSV columns {sorted(cols)}: expected XSTest "
-        "(prompt, completion, final_label), PyRIT (objective, assistant_response, human_score) "
-        "or generic (prompt, response, label)"
+        "(prompt, completion, final_label), PyRIT (objective, assistant_response, human_score), "
+        "HarmBench (behavior_id, test_case, generation, label) or generic (prompt, response, label)"
     )
 
 
-def load_labelled_csv(path: str | Path, partial: PartialPolicy = "refusal") -> list[LabelledResponse]:
-    """Rows of one labelled CSV (format detected from its header), labels mapped to
-    refusal/compliant as described in the module docstring."""
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "xstest": ("prompt", "completion", "final_label"),
+    "pyrit": ("assistant_response", "human_score"),
+    "pyrit_objective": ("assistant_response", "human_score"),
+    "harmbench": ("test_case", "generation", "label"),
+    "generic": ("response", "label"),
+}
+
+
+def load_labelled_csv(
+    path: str | Path, partial: PartialPolicy = "refusal", allow_empty: bool = False
+) -> list[LabelledResponse]:
+    """Rows of one labelled CSV/JSONL file (format detected from its header), labels mapped to
+    refusal/compliant as described in the module docstring. An empty response is an error unless
+    ``allow_empty`` (judge agreement scores them: a judge should call them ``empty``)."""
     path = Path(path)
     if partial not in ("refusal", "compliant", "drop"):
         raise ValueError(f"partial must be refusal, compliant or drop, not {partial!r}")
-    header, rows = _read_csv(path)
+    header, rows = _read_jsonl(path) if path.suffix == ".jsonl" else _read_csv(path)
     fmt = detect_format(header)
     tag = f"{path.parent.name}/{path.name}"
     out: list[LabelledResponse] = []
+    required = _REQUIRED[fmt]
     for line, row in rows:
         where = f"{path}:{line}"
+        missing = [f for f in required if f not in row]
+        if missing:
+            need = ", ".join(required)
+            raise ValueError(f"{where}: missing field {missing[0]!r} (a {fmt} file needs {need})")
         if fmt == "xstest":
             prompt, response = row["prompt"], row["completion"]
             raw = row["final_label"].strip()
@@ -145,36 +195,64 @@ def load_labelled_csv(path: str | Path, partial: PartialPolicy = "refusal") -> l
                 if partial == "drop":
                     continue
                 mapped = partial
-        elif fmt == "pyrit":
+        elif fmt in ("pyrit", "pyrit_objective"):
             if row.get("data_type", "text").strip() not in ("text", ""):
                 continue
             prompt, response = row.get("objective", ""), row["assistant_response"]
             raw = row["human_score"].strip()
             if raw not in ("0", "1", "0.0", "1.0"):
                 raise ValueError(f"{where}: human_score {excerpt(raw)!r} is not 0 or 1")
-            mapped = "refusal" if float(raw) == 1.0 else "compliant"
+            positive = float(raw) == 1.0  # pyrit: 1 = refusal; objective: 1 = achieved
+            mapped = "refusal" if positive == (fmt == "pyrit") else "compliant"
+        elif fmt == "harmbench":
+            prompt, response = row["test_case"], row["generation"]
+            raw = str(row["label"]).strip()
+            if raw not in ("0", "1"):
+                raise ValueError(f"{where}: field 'label' is {excerpt(raw)!r}, expected 0 or 1")
+            mapped = "compliant" if raw == "1" else "refusal"
         else:
             prompt, response = row.get("prompt", ""), row["response"]
-            raw = row["label"].strip().lower()
-            if raw in ("refusal", "1"):
+            raw = str(row["label"]).strip().lower()
+            if raw in ("refusal", "1", "unharmful", "false"):
                 mapped = "refusal"
-            elif raw in ("compliant", "compliance", "0"):
+            elif raw in ("compliant", "compliance", "0", "harmful", "true"):
                 mapped = "compliant"
             else:
-                raise ValueError(f"{where}: label {excerpt(raw)!r} is not refusal/compliant/1/0")
-        if not response.strip():
+                raise ValueError(
+                    f"{where}: field 'label' is {excerpt(raw)!r}, expected refusal/compliant, 1/0 "
+                    "(1 = refusal) or harmful/unharmful"
+                )
+        if not response.strip() and not allow_empty:
             raise ValueError(f"{where}: empty response")
-        out.append(
-            LabelledResponse(
-                prompt,
-                response,
-                mapped,
-                f"{tag}:{line}",
-                _group_key(prompt, response),
-                fmt,  # type: ignore[arg-type]
-            )
-        )
+        if fmt == "harmbench":
+            group = "behavior:" + str(row.get("behavior_id", ""))
+        else:
+            group = str(row.get("group") or "") or _group_key(prompt, response)
+        out.append(LabelledResponse(prompt, response, mapped, f"{tag}:{line}", group, fmt))  # type: ignore[arg-type]
     return out
+
+
+def _read_jsonl(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Keys of the first object and (line, row) pairs of a JSONL file (values kept as strings)."""
+    import json
+
+    rows: list[tuple[int, dict[str, str]]] = []
+    keys: list[str] = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{i}: invalid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}:{i}: expected a JSON object")
+        row = {k: "" if v is None else (v if isinstance(v, str) else json.dumps(v)) for k, v in obj.items()}
+        keys = keys or list(row)
+        rows.append((i, row))
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return keys, rows
 
 
 def _default_root_candidates() -> list[Path]:
@@ -221,14 +299,15 @@ def resolve_spec(spec: str, data_root: str | Path | None = None) -> list[Path]:
         return files
     path = Path(spec)
     if path.is_dir():
-        files = sorted(path.glob("*.csv"))
+        files = sorted([*path.glob("*.csv"), *path.glob("*.jsonl")])
         if not files:
-            raise FileNotFoundError(f"no *.csv files in {path}")
+            raise FileNotFoundError(f"no *.csv or *.jsonl files in {path}")
         return files
     if path.is_file():
         return [path]
     raise FileNotFoundError(
-        f"--data {spec!r} is neither a named set ({', '.join(NAMED_SETS)}) nor an existing CSV file/folder"
+        f"--data {spec!r} is neither a named set ({', '.join(NAMED_SETS)}) nor an existing "
+        "CSV/JSONL file or folder"
     )
 
 
@@ -264,6 +343,7 @@ def load_labelled(
     specs: Sequence[str],
     data_root: str | Path | None = None,
     partial: PartialPolicy = "refusal",
+    allow_empty: bool = False,
 ) -> tuple[list[LabelledResponse], dict]:
     """Load and de-duplicate several ``--data`` values. Returns the rows and a provenance record
     (specs, files with SHA-256 and row counts, partial policy, duplicate/conflict counts, label
@@ -272,7 +352,7 @@ def load_labelled(
     files: list[dict] = []
     for spec in specs:
         for path in resolve_spec(spec, data_root):
-            got = load_labelled_csv(path, partial=partial)
+            got = load_labelled_csv(path, partial=partial, allow_empty=allow_empty)
             files.append({"spec": spec, "file": path.name, "rows": len(got), "sha256": sha256_file(path)})
             rows.extend(got)
     kept, counts = deduplicate(rows)
