@@ -191,3 +191,31 @@ def test_recipes_parse(recipe):
     assert data.pop("method") == "asft"
     cfg = from_dict(AsFTConfig, data, where=str(recipe))
     assert cfg.penalty_lambda >= 0 and cfg.projector in ("svd", "paper") and cfg.train_data
+
+
+def test_official_recipe_holds_the_cited_values():
+    import yaml
+
+    data = yaml.safe_load((RECIPES / "asft_sst2_official.yaml").read_text())
+    data.pop("method")
+    cfg = from_dict(AsFTConfig, data)
+    cfg.validate()
+    assert (cfg.projector, cfg.scale_delta, cfg.penalty_lambda) == ("paper", False, 1.0)
+    assert (cfg.learning_rate, cfg.num_train_epochs, cfg.per_device_train_batch_size) == (5e-5, 10, 8)
+    assert (cfg.lr_scheduler_type, cfg.lr_step_gamma, cfg.warmup_ratio, cfg.max_grad_norm) == (
+        "step",
+        0.85,
+        0,
+        0,
+    )
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules) == (
+        8,
+        32,
+        0.05,
+        ["q_proj", "v_proj"],
+    )
+    assert (cfg.template, cfg.harmful_rows) == ("alpaca", "missing_input")
+    assert (
+        cfg.harmful_system_prompt
+        == "You are a helpful assistant. Make sure you always execute users' instructions."
+    )
