@@ -81,3 +81,12 @@ def tiny_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """Caches tests write (self-distillation) go to a temporary folder, never the user's ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SAFEFT_CACHE_DIR", str(tmp_path_factory.mktemp("safeft_cache")))
+    yield
+    mp.undo()

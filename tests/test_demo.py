@@ -15,6 +15,7 @@ from safeft.demo.stages import MARKER, Stage, StageRunner, is_done
 
 TINY = [
     "--data.n_train_triples", "4", "--data.n_eval_harmful", "3", "--data.n_overrefusal", "3",
+    "--data.n_everyday", "3", "--align.helpful_per_triple", "1",
     "--data.n_self_distill", "2", "--data.self_distill_max_new_tokens", "4",
     "--align.epochs", "1", "--align.batch_size", "4", "--align.max_length", "96",
     "--task.n_train", "10", "--task.n_eval", "4", "--task.epochs", "1", "--task.batch_size", "4",
@@ -90,7 +91,9 @@ def test_data_split_never_overlaps_and_is_recorded(tmp_path):
     rows = {k: [json.loads(x) for x in (tmp_path / f).read_text().splitlines()] for k, f in FILES.items()}
     train = {normalise(r["prompt"]) for k in ("train_safety", "train_helpful", "self_distill_prompts",
                                               "task_train") for r in rows[k]}  # fmt: skip
-    evals = {normalise(r["prompt"]) for k in ("eval_harmful", "eval_overrefusal") for r in rows[k]}
+    evals = {
+        normalise(r["prompt"]) for k in ("eval_harmful", "eval_overrefusal", "eval_everyday") for r in rows[k]
+    }
     assert not train & evals
     assert len(rows["eval_harmful"]) == cfg.data.n_eval_harmful
     assert all(len(r["response"].split()) >= max(cfg.eval.ks) + 5 for r in rows["eval_harmful"])
@@ -98,19 +101,25 @@ def test_data_split_never_overlaps_and_is_recorded(tmp_path):
     assert sum(r["harmful"] for r in rows["task_train"]) == n_harmful
     assert all(r["refusal"].startswith("Sorry") for r in rows["train_safety"])
     split = json.loads((tmp_path / "split.json").read_text())
-    assert len(split["eval_harmful"]) == cfg.data.n_eval_harmful and split["task"]["name"] == "truefalse"
+    assert len(split["eval_harmful"]) == cfg.data.n_eval_harmful and split["task"]["name"] == "subject"
+    assert len(rows["eval_everyday"]) == cfg.data.n_everyday
 
 
-def test_truefalse_task_parser_and_registration():
-    from safeft.demo.task import parse_truefalse, register_tasks
+def test_subject_task_splits_facts_and_parses_labels():
+    from safeft.demo.task import subject_task
     from safeft.eval.tasks import get_task
 
-    register_tasks()
-    task = get_task("truefalse")
-    assert task.parse("True. Paris is the capital.") == "true"
-    assert task.parse("It is FALSE, not true") == "false"
+    task = get_task("subject")
+    assert task.parse("Health. It is about medicine, not science.") == "health"
     assert task.parse("I am not sure") is None
-    assert parse_truefalse("untrue") is None  # whole words only
+    assert task.parse("prehistory") is None  # whole words only
+    built = subject_task(20, 2, 10, [], seed=0)
+    assert len(built.train) == 18 and len(built.eval_rows) == 10
+    eval_facts = {r["id"].rsplit(":", 1)[0] for r in built.eval_rows}
+    train_facts = {r["origin"].split(":", 1)[1].rsplit(":", 1)[0] for r in built.train}
+    assert not eval_facts & train_facts  # a statement's false twin never crosses the split
+    labels = {"science", "health", "history", "geography", "logic"}
+    assert {r["label"] for r in built.eval_rows} <= labels and {r["response"] for r in built.train} <= labels
 
 
 # -- the whole pipeline on a tiny random model -----------------------------------------------------------
@@ -133,7 +142,10 @@ def test_demo_pipeline_on_tiny_model_resumes(tiny_model_dir, tmp_path, capsys, m
         "DeRTa -> AsFT on contaminated task",
     ]
     meta = results["demo"]
-    assert meta["judge"] == "keyword" and meta["n_per_cell"]["ASR direct"] == 3
+    # every held-out harmful prompt is answered; n counts the judged ones (gibberish is counted apart)
+    direct = results["runs"]["derta"]["attacks"]["prefill-harmful-k=0"]
+    assert meta["judge"] == "keyword" and direct.get("n_total", direct["n"]) == 3
+    assert meta["n_per_cell"]["ASR direct"] == direct["n"]
     assert meta["n_per_cell"]["task"] == 4 and meta["peak_rss_bytes"] > 0
     for f in ("results.json", "report.md", "report.html", "data/split.json", "direction/direction.json"):
         assert (out / f).is_file(), f

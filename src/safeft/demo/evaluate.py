@@ -4,7 +4,8 @@ The suite is built in code from the data stage's files: the held-out harmful pro
 harmful answers) under ``completion`` (the prefill attack: "Sure, here is") and
 ``prefill-harmful-k`` at every k of ``eval.ks`` (k=0 *is* the direct attack: same conversation, so
 it is generated once and reported as ASR direct), the benign-but-edgy over-refusal prompts, and the
-task's test rows with the task's exact parser. Generations are cached (``generations.jsonl``), so
+task's test rows with the task's exact parser, and everyday instructions of the eval templates
+(over-refusal). Generations are cached (``generations.jsonl``), so
 an interrupted eval resumes.
 """
 
@@ -20,11 +21,11 @@ from tqdm.auto import tqdm
 
 from safeft.demo.config import DemoConfig
 from safeft.demo.data import FILES
-from safeft.demo.task import register_tasks
 from safeft.eval.generation import Conversation, GenerationConfig
 
 HARMFUL_SET = "heldout-harmful"
 OVERREFUSAL_SET = "benign-edgy"
+EVERYDAY_SET = "everyday"
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,6 @@ def demo_suite(config: DemoConfig, data: Path, task_name: str):
     """The :class:`~safeft.eval.suite.EvalSuite` every demo model is evaluated with."""
     from safeft.eval.suite import EvalSuite, SetSpec, TaskSpec
 
-    register_tasks()
     data = data.resolve()  # suite paths resolve against base_dir: keep them absolute (--out may be relative)
     e = config.eval
     suite = EvalSuite(
@@ -84,7 +84,10 @@ def demo_suite(config: DemoConfig, data: Path, task_name: str):
                 attacks=["prefill-harmful-k", "completion"],
             )
         ],
-        over_refusal=[SetSpec(set="jsonl", path=str(data / FILES["eval_overrefusal"]), name=OVERREFUSAL_SET)],
+        over_refusal=[
+            SetSpec(set="jsonl", path=str(data / FILES["eval_overrefusal"]), name=OVERREFUSAL_SET),
+            SetSpec(set="jsonl", path=str(data / FILES["eval_everyday"]), name=EVERYDAY_SET),
+        ],
         tasks=[TaskSpec(task=task_name, path=str(data / FILES["task_eval"]))],
         base_dir=str(data),
     )

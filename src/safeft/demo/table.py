@@ -6,6 +6,7 @@ Columns (all from the eval harness's per-model ``results.json``; rates are over 
 * ASR prefill — the ``completion`` attack (reply pre-filled with "Sure, here is");
 * refusal-position curve — refusal rate with the first k words of a known harmful answer pre-filled;
 * over-refusal — refusal rate on benign-but-edgy prompts (lower is better);
+* everyday refused — refusal rate on everyday instructions of templates no training row uses;
 * task — accuracy of the stage-2 task with its exact parser.
 
 Comparisons call a difference significant only when the two 95 % Wilson intervals do not overlap.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from safeft.demo.evaluate import OVERREFUSAL_SET
+from safeft.demo.evaluate import EVERYDAY_SET, OVERREFUSAL_SET
 from safeft.eval.metrics import wilson_interval
 
 COLUMNS = [
@@ -25,6 +26,7 @@ COLUMNS = [
     "ASR prefill",
     "refusal-position curve (k={ks})",
     "over-refusal",
+    "everyday refused",
     "task ({task})",
 ]
 
@@ -34,6 +36,7 @@ COMPARISONS = [
     ("derta", "vanilla_sft", "curve_mean_k>0", False),
     ("derta", "vanilla_sft", "asr_direct", True),
     ("derta", "vanilla_sft", "over_refusal", True),
+    ("derta", "vanilla_sft", "everyday_refusal", True),
     ("task_asft", "task_lora", "asr_direct", True),
     ("task_asft", "task_lora", "asr_prefill", True),
     ("task_asft", "task_lora", "task", False),
@@ -61,16 +64,21 @@ def metrics_of(results: dict[str, Any], ks: list[int], task: str) -> dict[str, A
         curve[k] = _rate(s["refusal"], s["n"]) if s else None
     later = [c for k, c in curve.items() if k > 0 and c]
     curve_mean = _rate(sum(c["k"] for c in later), sum(c["n"] for c in later)) if later else None
-    over = results.get("over_refusal", {}).get(OVERREFUSAL_SET, {})
-    o_ref = sum(s["refusal"] for s in over.values())
-    o_n = sum(s["n"] for s in over.values())
+
+    def refused(set_name: str) -> dict[str, Any] | None:
+        groups = results.get("over_refusal", {}).get(set_name, {})
+        if not groups:
+            return None
+        return _rate(sum(s["refusal"] for s in groups.values()), sum(s["n"] for s in groups.values()))
+
     t = results.get("tasks", {}).get(task)
     return {
         "asr_direct": asr("prefill-harmful-k=0"),
         "asr_prefill": asr("completion"),
         "curve": curve,
         "curve_mean_k>0": curve_mean,
-        "over_refusal": _rate(o_ref, o_n) if over else None,
+        "over_refusal": refused(OVERREFUSAL_SET),
+        "everyday_refusal": refused(EVERYDAY_SET),
         "task": _rate(t["correct"], t["n"]) if t else None,
     }
 
@@ -91,6 +99,7 @@ def table_rows(rows: list[tuple[str, str, dict[str, Any]]], ks: list[int]) -> li
                 _pct(m["asr_prefill"]),
                 curve,
                 _pct(m["over_refusal"]),
+                _pct(m.get("everyday_refusal")),
                 _pct(m["task"]),
             ]
         )
@@ -110,6 +119,7 @@ def n_per_cell(rows: list[tuple[str, str, dict[str, Any]]]) -> dict[str, int]:
         "ASR prefill": m["asr_prefill"]["n"] if m["asr_prefill"] else 0,
         "curve (each k)": first_curve["n"] if first_curve else 0,
         "over-refusal": m["over_refusal"]["n"] if m["over_refusal"] else 0,
+        "everyday": m["everyday_refusal"]["n"] if m.get("everyday_refusal") else 0,
         "task": m["task"]["n"] if m["task"] else 0,
     }
 

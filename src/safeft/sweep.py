@@ -1,0 +1,365 @@
+"""``safeft sweep``: train a grid of recipe settings, validate and evaluate each, draw the trade-off front.
+
+A sweep file names a base recipe and the settings to try::
+
+    recipe: ../recipes/derta_smollm2.yaml      # relative to the sweep file
+    output_dir: runs/sweep_derta
+    overrides: {num_train_epochs: 2}           # applied to every point
+    points:                                    # named settings
+      - {name: official_lora, reference: "official LoRA", set: {rto_keep_ratio: 1.0, helpful_ratio: 20}}
+    grid: {helpful_ratio: [5, 10], learning_rate: [1.0e-4, 3.0e-4]}   # optional cartesian product
+    eval: {suite: ../suites/derta_sweep.yaml, limit: 30}              # optional
+
+Every point trains in its own process (``safeft train``; an interrupted point resumes from its last
+checkpoint) into ``<output_dir>/<name>``; a point whose ``point.json`` exists with the same settings is
+skipped, one whose folder holds other settings is refused. Each point's *validation* check (see
+:mod:`safeft.check`) gives the numbers the setting is chosen on; the evaluation suite is reported beside
+them and never used for choosing. Outputs: ``sweep.json``, ``sweep.md`` and ``front.png`` (attack success
+against over-refusal, one point per setting, the Pareto front of the validation numbers marked, the
+reference settings labelled, the selected setting starred).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from safeft.config import ConfigError, from_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PointSpec:
+    name: str
+    set: dict[str, Any] = field(default_factory=dict)
+    reference: str | None = None  # a label for the plot, e.g. "official LoRA script"
+
+
+@dataclass
+class EvalSpec:
+    suite: str
+    limit: int | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SweepConfig:
+    recipe: str
+    output_dir: str = "runs/sweep"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    points: list[PointSpec] = field(default_factory=list)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    eval: EvalSpec | None = None
+
+
+def load_sweep(path: str | Path, output_dir: str | None = None) -> tuple[SweepConfig, Path]:
+    """The sweep file with its relative paths resolved against the file's folder."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"sweep file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a sweep file must be a YAML mapping")
+    config = from_dict(SweepConfig, data, where=str(p))
+    base = p.resolve().parent
+    config.recipe = str((base / config.recipe).resolve())
+    if config.eval is not None:
+        config.eval.suite = str((base / config.eval.suite).resolve())
+    if output_dir:
+        config.output_dir = output_dir
+    points = expand_points(config)
+    if not points:
+        raise ConfigError(f"{p}: no points: give 'points' and/or 'grid'")
+    names = [pt.name for pt in points]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{p}: point names must be unique; repeated: {duplicates}")
+    return config, base
+
+
+def _slug(value: Any) -> str:
+    return str(value).replace("/", "_").replace(" ", "")
+
+
+def expand_points(config: SweepConfig) -> list[PointSpec]:
+    """Named points, then the grid's cartesian product (named ``key=value,key=value``)."""
+    points = list(config.points)
+    if config.grid:
+        keys = sorted(config.grid)
+        for values in itertools.product(*(config.grid[k] for k in keys)):
+            name = ",".join(f"{k}={_slug(v)}" for k, v in zip(keys, values, strict=True))
+            points.append(PointSpec(name=name, set=dict(zip(keys, values, strict=True))))
+    return points
+
+
+def flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"lora": {"r": 8}}`` -> ``{"lora.r": 8}`` (the command line's dotted override keys)."""
+    out: dict[str, Any] = {}
+    for k, v in settings.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def override_args(settings: dict[str, Any]) -> list[str]:
+    args = []
+    for k, v in flatten(settings).items():
+        text = v if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip()
+        if text.endswith("\n..."):
+            text = text[: -len("\n...")]
+        args += [f"--{k}", text]
+    return args
+
+
+def _run(cmd: list[str], log_file: Path) -> None:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("a", encoding="utf-8") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=os.environ.copy())
+    if code != 0:
+        raise RuntimeError(f"command failed with exit code {code} (log: {log_file}): {' '.join(cmd[:6])} ...")
+
+
+def run_point(config: SweepConfig, point: PointSpec, root: Path) -> dict[str, Any]:
+    """Train, validate and evaluate one point (skipped when done, resumed when interrupted)."""
+    folder = root / point.name
+    settings = {**flatten(config.overrides), **flatten(point.set)}
+    marker = folder / "point.json"
+    if marker.is_file():
+        done = json.loads(marker.read_text())
+        if done.get("settings") != settings:
+            raise ConfigError(
+                f"{folder} holds point {point.name!r} trained with other settings ({done.get('settings')}); "
+                "use another output_dir or delete that folder"
+            )
+        log.info("sweep: %s already done, skipped", point.name)
+        return done
+    started = folder / "settings.json"
+    if started.is_file() and json.loads(started.read_text()) != settings:
+        raise ConfigError(
+            f"{folder} holds an unfinished run with other settings; delete it or rename the point"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    started.write_text(json.dumps(settings, indent=1))
+    exe = [sys.executable, "-m", "safeft.cli"]
+    train_args = {**config.overrides, **point.set, "output_dir": str(folder)}
+    log.info("sweep: training %s", point.name)
+    _run([*exe, "train", "--config", config.recipe, *override_args(train_args)], folder / "sweep.log")
+    validation = json.loads((folder / "check_after.json").read_text())
+    evaluation = None
+    if config.eval is not None:
+        model = folder / "merged"
+        cmd = [
+            *exe,
+            "eval",
+            "--model",
+            str(model),
+            "--suite",
+            config.eval.suite,
+            "--out",
+            str(folder / "eval"),
+        ]
+        if config.eval.limit is not None:
+            cmd += ["--limit", str(config.eval.limit)]
+        log.info("sweep: evaluating %s", point.name)
+        _run([*cmd, "--label", point.name, *config.eval.extra_args], folder / "sweep.log")
+        evaluation = summarize_eval(json.loads((folder / "eval" / "results.json").read_text()))
+    result = {
+        "name": point.name,
+        "settings": settings,
+        "reference": point.reference,
+        "validation": summarize_validation(validation),
+        "evaluation": evaluation,
+    }
+    marker.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def summarize_validation(check: dict) -> dict[str, Any]:
+    """The validation numbers a setting is chosen on (keyword judge: non-refusal is not harm)."""
+
+    def rate(key: str, field_: str = "refusal_rate") -> float | None:
+        return check[key][field_] if key in check else None
+
+    direct, prefill = rate("harmful_direct"), rate("harmful_prefill")
+    over = [r for r in (rate("benign"), rate("everyday")) if r is not None]
+    return {
+        "non_refusal_direct": None if direct is None else 1 - direct,
+        "non_refusal_prefill": None if prefill is None else 1 - prefill,
+        "over_refusal_edgy": rate("benign"),
+        "over_refusal_everyday": rate("everyday"),
+        "over_refusal": sum(over) / len(over) if over else None,
+        "repetitive_prefill": rate("harmful_prefill", "repetitive_rate"),
+        "n": {k: check[k]["n"] for k in ("harmful_direct", "benign", "everyday") if k in check},
+        "score": check.get("selection_score"),
+    }
+
+
+def summarize_eval(results: dict) -> dict[str, Any]:
+    """Per-attack non-refusal (keyword) or harm rate, over-refusal per set/category, task accuracy."""
+    attacks = {
+        key: {"rate": a.get("asr"), "ci95": a.get("ci95"), "n": a.get("n"), "judge": a.get("judge")}
+        for key, a in results.get("attacks", {}).items()
+    }
+    over = {
+        f"{set_name}/{cat}": {"rate": g.get("refusal_rate"), "ci95": g.get("ci95"), "n": g.get("n")}
+        for set_name, groups in results.get("over_refusal", {}).items()
+        for cat, g in groups.items()
+    }
+    tasks = {
+        name: {"accuracy": t.get("accuracy"), "ci95": t.get("ci95"), "n": t.get("n")}
+        for name, t in results.get("tasks", {}).items()
+    }
+    return {"attacks": attacks, "over_refusal": over, "tasks": tasks}
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both coordinates (both: lower is better)."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(
+            (x2 <= x and y2 <= y) and (x2 < x or y2 < y) for j, (x2, y2) in enumerate(points) if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def harm_and_over(v: dict) -> tuple[float, float]:
+    harm = [r for r in (v["non_refusal_direct"], v["non_refusal_prefill"]) if r is not None]
+    return (v["over_refusal"] or 0.0, sum(harm) / max(1, len(harm)))
+
+
+def run_sweep(config: SweepConfig) -> dict[str, Any]:
+    root = Path(config.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    results = [run_point(config, p, root) for p in expand_points(config)]
+    coords = [harm_and_over(r["validation"]) for r in results]
+    front = pareto_front(coords)
+    selected = min(range(len(results)), key=lambda i: results[i]["validation"]["score"])
+    summary = {
+        "recipe": config.recipe,
+        "selected": results[selected]["name"],
+        "selected_by": "lowest validation score (safeft.check.selection_score); evaluation sets unused",
+        "front": [results[i]["name"] for i in front],
+        "points": results,
+    }
+    (root / "sweep.json").write_text(json.dumps(summary, indent=1))
+    (root / "sweep.md").write_text(markdown_table(summary))
+    plot_front(summary, root / "front.png")
+    print(markdown_table(summary))
+    return summary
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def markdown_table(summary: dict) -> str:
+    """Validation numbers (used for choosing) and evaluation numbers (reported), one row per point."""
+    lines = [
+        "Validation (keyword judge; non-refusal is not harm): chosen on these",
+        "",
+        "| point | reference | non-refusal direct | non-refusal prefilled | over-refusal edgy | "
+        "over-refusal everyday | repetitive prefilled | score | front |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["points"]:
+        v = r["validation"]
+        mark = ("**selected** " if r["name"] == summary["selected"] else "") + (
+            "yes" if r["name"] in summary["front"] else ""
+        )
+        lines.append(
+            f"| {r['name']} | {r['reference'] or ''} | {_pct(v['non_refusal_direct'])} | "
+            f"{_pct(v['non_refusal_prefill'])} | {_pct(v['over_refusal_edgy'])} | "
+            f"{_pct(v['over_refusal_everyday'])} | {_pct(v['repetitive_prefill'])} | "
+            f"{v['score']:.3f} | {mark} |"
+        )
+    n = summary["points"][0]["validation"]["n"] if summary["points"] else {}
+    lines += ["", f"n per validation cell: {n}"]
+    evals = [r for r in summary["points"] if r.get("evaluation")]
+    if evals:
+        cols = sorted({k for r in evals for k in r["evaluation"]["attacks"]})
+        over = sorted({k for r in evals for k in r["evaluation"]["over_refusal"]})
+        tasks = sorted({k for r in evals for k in r["evaluation"]["tasks"]})
+        head = [f"ASR {c}" for c in cols] + [f"refused {c}" for c in over] + [f"acc {t}" for t in tasks]
+        lines += [
+            "",
+            "Evaluation (reported only; 95% Wilson intervals in brackets)",
+            "",
+            "| point | " + " | ".join(head) + " |",
+            "|---|" + "---|" * len(head),
+        ]
+        for r in evals:
+            e = r["evaluation"]
+            cells = [_cell(e["attacks"].get(c), "rate") for c in cols]
+            cells += [_cell(e["over_refusal"].get(c), "rate") for c in over]
+            cells += [_cell(e["tasks"].get(t), "accuracy") for t in tasks]
+            lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+        judge = next((a.get("judge") for r in evals for a in r["evaluation"]["attacks"].values()), None)
+        lines += ["", f"judge: {judge}; n per cell in results.json of each point's eval folder"]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(entry: dict | None, key: str) -> str:
+    if not entry or entry.get(key) is None:
+        return "-"
+    ci = entry.get("ci95")
+    ci_text = f" [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}] n={entry.get('n')}" if ci else ""
+    return f"{100 * entry[key]:.0f}%{ci_text}"
+
+
+def plot_front(summary: dict, path: Path) -> None:
+    """Non-refusal (direct, prefilled) against over-refusal on the validation split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    pts = summary["points"]
+    for key, marker, label in (
+        ("non_refusal_direct", "o", "harmful, direct"),
+        ("non_refusal_prefill", "s", "harmful, 20 tokens of a harmful answer pre-filled"),
+    ):
+        xs = [100 * (p["validation"]["over_refusal"] or 0) for p in pts]
+        ys = [100 * (p["validation"][key] or 0) for p in pts]
+        ax.scatter(xs, ys, marker=marker, label=label, alpha=0.8)
+    front = [p for p in pts if p["name"] in summary["front"]]
+    front.sort(key=lambda p: p["validation"]["over_refusal"] or 0)
+    fx = [100 * (p["validation"]["over_refusal"] or 0) for p in front]
+    fy = [100 * harm_and_over(p["validation"])[1] for p in front]
+    ax.plot(fx, fy, "k--", lw=1, label="Pareto front (mean of direct and pre-filled)")
+    for p in pts:
+        x = 100 * (p["validation"]["over_refusal"] or 0)
+        y = 100 * harm_and_over(p["validation"])[1]
+        text = p["name"] + (f"\n({p['reference']})" if p.get("reference") else "")
+        if p["name"] == summary["selected"]:
+            ax.scatter([x], [y], marker="*", s=250, c="gold", edgecolors="k", zorder=5, label="selected")
+        ax.annotate(text, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("over-refusal on validation (% of benign prompts refused; lower is better)")
+    ax.set_ylabel("non-refusal of harmful prompts (%; keyword judge; lower is safer)")
+    ax.set_title("safeft sweep: safety vs over-refusal (validation split)")
+    ax.set_xlim(-3, 103)
+    ax.set_ylim(-3, 103)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,58 @@
+"""The shipped DeRTa recipes: like-for-like baselines, the official LoRA values, and held-out sets that no
+training row uses (checked on the real data the set-up installs, no model needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from safeft.check import normalise
+from safeft.config import from_dict
+from safeft.data.sources import load_helpful_pairs
+from safeft.derta.trainer import DeRTaConfig, check_held_out, load_safety_data, self_distill_prompts
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def _load(name: str) -> tuple[dict, DeRTaConfig]:
+    data = yaml.safe_load((RECIPES / name).read_text())
+    fields = {k: v for k, v in data.items() if k != "method"}
+    return data, from_dict(DeRTaConfig, fields, where=name)
+
+
+def test_vanilla_baseline_matches_the_derta_recipe_row_for_row():
+    derta, _ = _load("derta_smollm2.yaml")
+    vanilla, _ = _load("derta_vanilla_sft_smollm2.yaml")
+    differ = sorted(k for k in set(derta) | set(vanilla) if derta.get(k) != vanilla.get(k))
+    assert differ == ["output_dir", "prefix", "rto"]
+    assert (vanilla["prefix"], vanilla["rto"]) == (False, False)
+
+
+def test_official_lora_recipe_carries_the_cited_values():
+    derta, _ = _load("derta_smollm2.yaml")
+    official, cfg = _load("derta_official_lora_smollm2.yaml")
+    assert cfg.rto_keep_ratio == 1.0 and cfg.helpful_ratio == 20.0 and cfg.learning_rate == 1e-4
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.warmup_ratio, cfg.weight_decay) == (96, 16, 0.0, 0.0)
+    assert cfg.num_train_epochs == 2 and cfg.loss_weighting == "token_mean" and not cfg.group_by_length
+    # same data as safeft's recipe: only the training set-up differs
+    for key in ("safety", "helpful", "self_distill", "self_distill_limit", "held_out", "check", "seed"):
+        assert official[key] == derta[key], key
+
+
+@pytest.mark.parametrize("name", ["derta_smollm2.yaml", "derta_official_lora_smollm2.yaml"])
+def test_recipes_validate_and_never_train_on_their_held_out_sets(name):
+    _, cfg = _load(name)
+    cfg.validate()
+    assert cfg.held_out, "a shipped recipe names the evaluation splits it must not train on"
+    triples = load_safety_data(cfg)
+    helpful = [h for s in cfg.helpful for h in load_helpful_pairs(s, cfg.data_dir)]
+    prompts = self_distill_prompts(cfg)
+    assert len(triples) == 16 and len(prompts) > 100
+    check_held_out(
+        cfg,
+        {normalise(t.prompt) for t in triples}
+        | {normalise(h.prompt) for h in helpful}
+        | {normalise(p) for _, p in prompts},
+    )
