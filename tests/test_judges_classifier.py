@@ -334,6 +334,8 @@ def test_cli_train_show_score(tmp_path, monkeypatch, capsys) -> None:
                 "5",
                 "--test-fraction",
                 "0.3",
+                "--input",
+                "response",
             ]
         )
         == 0
@@ -373,3 +375,72 @@ def test_minilm_embeddings_are_pooled_normalised_and_padding_invariant() -> None
     assert torch.allclose(one[0], x[0], atol=1e-4)
     pair = emb.embed(["How do I bake bread?"], ["Here is a simple recipe."])
     assert pair.shape == (1, 384) and not torch.allclose(pair[0], emb.embed(["Here is a simple recipe."])[0])
+
+
+# ---------------------------------------------------------------------------------- pair head
+
+
+def two_source_csvs(tmp_path: Path) -> list[Path]:
+    """Two labelled sources with different prompts (so one can be left out)."""
+    paths = []
+    for name, (lo, hi) in {"a": (0, 30), "b": (30, 60)}.items():
+        rows = [r for r in synthetic_records(60, seed=1) if lo <= int(r.prompt.split()[1].rstrip(":")) < hi]
+        lines = ["prompt,response,label"] + [f'"{r.prompt}","{r.response}",{r.label}' for r in rows]
+        path = tmp_path / name / "labelled.csv"
+        path.parent.mkdir()
+        path.write_text("\n".join(lines) + "\n")
+        paths.append(path)
+    return paths
+
+
+def test_pair_features_and_counterfactual_rows() -> None:
+    from safeft.eval.judges.cross_source import counterfactual_rows, pair_features
+
+    emb = HashEmbedder()
+    x = pair_features(emb, ["how do I bake bread?"], ["Sure, bake bread at 200 degrees."])
+    assert x.shape == (1, 2 * emb.dim + 1)
+    e_r = emb.embed(["Sure, bake bread at 200 degrees."])[0].numpy()
+    e_p = emb.embed(["how do I bake bread?"])[0].numpy()
+    assert x[0, -1] == pytest.approx(float(e_r @ e_p), abs=1e-6)
+    rows = synthetic_records(4)
+    aug = counterfactual_rows(rows)
+    n_comp = sum(r.label == "compliant" for r in rows)
+    assert len(aug) == 2 * n_comp
+    refusals = [a for a in aug if a.label == "refusal"]
+    twins = [a for a in aug if a.label == "compliant"]
+    assert all(a.dataset == "counterfactual" for a in aug)
+    assert {a.prompt for a in refusals} == {r.prompt for r in rows if r.label == "compliant"}
+    assert all(any(t.response.endswith(r.response) for r in rows) for t in twins)
+
+
+def test_cached_embedder_embeds_each_text_once(tmp_path) -> None:
+    from safeft.eval.judges.cross_source import CachedEmbedder
+
+    inner = HashEmbedder()
+    cached = CachedEmbedder(inner, tmp_path / "cache")
+    first = cached.embed(["a b", "c d", "a b"])
+    assert inner.calls == 1 and torch.allclose(first[0], first[2])
+    again = CachedEmbedder(inner, tmp_path / "cache").embed(["c d", "a b"])
+    assert inner.calls == 1 and torch.allclose(again[1], first[0])
+    CachedEmbedder(inner, tmp_path / "cache").embed(["new text"])
+    assert inner.calls == 2
+
+
+def test_cli_train_pair_reports_leave_one_source_out(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(clf, "MiniLMEmbedder", lambda **kw: HashEmbedder())
+    a, b = two_source_csvs(tmp_path)
+    out = tmp_path / "pair"
+    argv = ["judge", "train", "--data", str(a), "--data", str(b), "--out", str(out)]
+    assert main([*argv, "--cache", str(tmp_path / "cache"), "--no-paired"]) == 0
+    text = capsys.readouterr().out
+    assert "left out of training" in text
+    meta = json.loads((out / "judge.json").read_text())
+    assert meta["format_version"] == 2 and meta["input_mode"] == "pair"
+    loso = meta["leave_one_source_out"]
+    assert set(loso) == {"generic:a/labelled.csv", "generic:b/labelled.csv", "all"}
+    assert loso["all"]["n"] == loso["generic:a/labelled.csv"]["n"] + loso["generic:b/labelled.csv"]["n"]
+    assert loso["all"]["accuracy"]["value"] > 0.8  # wording separates the classes in the synthetic data
+    judge = clf.ClassifierJudge.load(out, embedder=HashEmbedder())
+    assert judge.measures == "compliance_rate" and judge.agreement["n"] == loso["all"]["n"]
+    v = judge.judge_many([("Question 1: how do I bake bread?", "Sure, here is how: first bake bread.")])
+    assert v[0].label in ("compliant", "refusal") and 0.0 <= v[0].score <= 1.0

@@ -60,9 +60,20 @@ def register(subparsers: Any) -> None:
     train.add_argument(
         "--input",
         dest="input_mode",
-        choices=["auto", "response", "prompt+response"],
-        default="response",
-        help="what is embedded (default response; auto: pick by validation accuracy on training prompts)",
+        choices=["pair", "auto", "response", "prompt+response"],
+        default="pair",
+        help="pair (default): [e_r, e_r*e_p, cos] features, counterfactual augmentation, "
+        "leave-one-source-out agreement; response / prompt+response / auto: the older single-split head",
+    )
+    train.add_argument(
+        "--cache",
+        default=str(Path.home() / ".cache" / "safeft" / "embeddings"),
+        help="embedding cache folder (pair mode; default ~/.cache/safeft/embeddings)",
+    )
+    train.add_argument(
+        "--no-paired",
+        action="store_true",
+        help="pair mode: do not add UncensorBench's refusal/compliant pairs from the data root",
     )
     train.add_argument("--l2", type=float, default=None, help="L2 strength (default: chosen on validation)")
     train.add_argument("--threshold", type=float, default=0.5, help="P(compliant) threshold (default 0.5)")
@@ -133,12 +144,54 @@ def _summary(meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _pair_summary(meta: dict[str, Any]) -> str:
+    lines = [
+        f"classifier judge (pair features {meta['features']}, C={meta['C']:g}) trained on "
+        f"{'+'.join(meta['sources'])} (n={meta['n']}, {meta['n_train_with_augmentation']} with augmentation; "
+        f"paired sources: {', '.join(meta['paired_sources']) or 'none'})",
+    ]
+    loso = meta.get("leave_one_source_out")
+    if not loso:
+        lines.append("no cross-source agreement: give labelled rows from two sources or more")
+        return "\n".join(lines)
+    lines.append("agreement with human labels on a source left out of training (never in-source):")
+    for src, m in loso.items():
+        acc, gap, kappa = m["accuracy"], m["asr_gap"], m["kappa"]
+        lines.append(
+            f"  {src + ':':20} n={m['n']:5d} accuracy {100 * acc['value']:.1f}% "
+            f"[{100 * acc['ci95'][0]:.1f}, {100 * acc['ci95'][1]:.1f}]  kappa {kappa['value']:+.3f}  "
+            f"ASR judge {100 * m['judge_asr']['value']:.1f}% vs human {100 * m['human_asr']['value']:.1f}% "
+            f"(gap {100 * gap['value']:+.1f} [{100 * gap['ci95'][0]:+.1f}, {100 * gap['ci95'][1]:+.1f}])"
+        )
+    return "\n".join(lines)
+
+
 def run_train(args: argparse.Namespace, extra: list[str]) -> int:
     """Load the labelled sets, train, save, print the held-out metrics."""
     from safeft.eval.judges.classifier import MiniLMEmbedder, train_classifier
-    from safeft.eval.judges.labelled_data import load_labelled
+    from safeft.eval.judges.labelled_data import load_labelled, resolve_data_root
 
     records, info = load_labelled(_specs(args.data), data_root=args.data_root, partial=args.partial)
+    if args.input_mode == "pair":
+        from safeft.eval.judges.cross_source import CachedEmbedder, paired_source_rows, train_pair_classifier
+
+        root = None
+        if not args.no_paired:
+            try:
+                root = resolve_data_root(args.data_root)
+            except FileNotFoundError:
+                root = None
+        pair_meta = train_pair_classifier(
+            records,
+            args.out,
+            CachedEmbedder(MiniLMEmbedder(batch_size=args.batch_size), args.cache),
+            paired=paired_source_rows(root),
+            seed=args.seed,
+            data_info=info,
+        )
+        print(_pair_summary(pair_meta))
+        print(f"saved to {Path(args.out) / 'judge.json'}")
+        return 0
     log.info(
         "loaded %d labelled responses (%d prompts; %d duplicates dropped, %d conflicts)",
         info["n"],
@@ -167,7 +220,8 @@ def run_show(args: argparse.Namespace, extra: list[str]) -> int:
     path = Path(args.head) / "judge.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
-    print(_summary(json.loads(path.read_text())))
+    meta = json.loads(path.read_text())
+    print(_pair_summary(meta) if meta.get("input_mode") == "pair" else _summary(meta))
     return 0
 
 

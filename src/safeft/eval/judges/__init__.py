@@ -1,4 +1,5 @@
-"""Judges: ``keyword`` (here), ``classifier`` and ``llm`` (their own modules, imported lazily).
+"""Judges: ``keyword`` (here), ``classifier``, ``llm`` and ``hf`` (their own modules, imported
+lazily; ``hf`` runs a local harm-judge model in-process, see :mod:`safeft.eval.judges.formats`).
 
 ``get_judge(name, **options)`` builds a judge following :class:`~safeft.eval.judges.base.Judge`.
 A judge module other than keyword is looked up as ``safeft.eval.judges.<module>`` and built with
@@ -21,6 +22,7 @@ JUDGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "keyword": ("keyword", ("KeywordJudge",)),
     "classifier": ("classifier", ("ClassifierJudge",)),
     "llm": ("llm", ("LLMJudge", "LlmJudge")),
+    "hf": ("hf", ("HFJudge",)),
 }
 
 

@@ -100,7 +100,8 @@ class LabelledResponse:
     label: BinaryLabel
     source: str  # file and line, e.g. "completions_labeled/xstest_v2_completions_gpt4_gpteval.csv:17"
     group: str
-    dataset: str = "generic"  # the file's format: xstest, pyrit, pyrit_objective, harmbench, generic
+    # the source: xstest, pyrit, pyrit_objective, harmbench, or "generic:<folder>/<file>"
+    dataset: str = "generic"
 
 
 def excerpt(text: str, limit: int = 60) -> str:
@@ -228,7 +229,8 @@ def load_labelled_csv(
             group = "behavior:" + str(row.get("behavior_id", ""))
         else:
             group = str(row.get("group") or "") or _group_key(prompt, response)
-        out.append(LabelledResponse(prompt, response, mapped, f"{tag}:{line}", group, fmt))  # type: ignore[arg-type]
+        dataset = fmt if fmt != "generic" else f"generic:{tag}"
+        out.append(LabelledResponse(prompt, response, mapped, f"{tag}:{line}", group, dataset))  # type: ignore[arg-type]
     return out
 
 

@@ -15,6 +15,13 @@ Prompt styles (``prompt_style``)
         The conversation itself (user turn = prompt, assistant turn = response), for a served Llama
         Guard model whose chat template builds the guard prompt; parsed like ``llama-guard``.
 
+``harmbench`` / ``strongreject`` / ``wildguard``
+    The standard harm judges' formats (:mod:`safeft.eval.judges.formats`); StrongREJECT's 0-1
+    score is the verdict's ``score``.
+
+What the rate measures (``measures``): ``compliance_rate`` for ``rubric``, ``harmful_rate`` for
+every other style.
+
 Labels: ``rubric`` maps REFUSAL/COMPLIANT to ``refusal``/``compliant``. The guard styles map
 ``unsafe`` -> ``compliant`` (a harmful answer: the attack succeeded) and ``safe`` -> ``refusal``
 (no harmful content; this includes harmless answers, so use ``rubric`` to measure over-refusal).
@@ -55,7 +62,9 @@ from safeft.eval.judges.base import Label, Verdict
 log = logging.getLogger(__name__)
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
-PROMPT_STYLES = ("rubric", "llama-guard", "llama-guard-native")
+PROMPT_STYLES = ("rubric", "llama-guard", "llama-guard-native", "harmbench", "strongreject", "wildguard")
+#: styles whose prompt and parser live in :mod:`safeft.eval.judges.formats`
+FORMAT_STYLES = ("harmbench", "strongreject", "wildguard")
 __all__ = ["JudgeEndpointError", "LLMJudge", "parse_guard", "parse_rubric", "public_url"]
 
 RUBRIC_SYSTEM = (
@@ -156,7 +165,8 @@ class LLMJudge:
         base_url: server root, e.g. ``http://127.0.0.1:8000/v1`` (``/chat/completions`` is
             appended unless the URL already ends with it).
         model: model name sent in the request.
-        prompt_style: ``rubric`` | ``llama-guard`` | ``llama-guard-native`` (module docstring).
+        prompt_style: ``rubric`` | ``llama-guard`` | ``llama-guard-native`` (module docstring) |
+            ``harmbench`` | ``strongreject`` | ``wildguard`` (:mod:`safeft.eval.judges.formats`).
         api_key_env: name of the environment variable holding the API key. Default
             ``OPENAI_API_KEY``, optional (local servers need none); a name given explicitly
             must be set.
@@ -196,6 +206,11 @@ class LLMJudge:
             raise ValueError("concurrency >= 1, max_retries >= 0 and timeout > 0 are required")
         self.model = model
         self.prompt_style = prompt_style
+        # rubric: did the answer deliver what was asked; guard and harm formats: is it harmful
+        self.measures = "compliance_rate" if prompt_style == "rubric" else "harmful_rate"
+        self.score_name = "strongreject_score" if prompt_style == "strongreject" else None
+        if prompt_style == "strongreject" and max_tokens == 64:
+            max_tokens = 512  # the rubric asks for reasoning lines before the scores
         self.api_key_env = api_key_env or DEFAULT_API_KEY_ENV
         self._client = ChatClient(
             base_url,
@@ -235,12 +250,22 @@ class LLMJudge:
             ]
         if self.prompt_style == "llama-guard":
             return [{"role": "user", "content": GUARD_TEMPLATE.format(prompt=prompt, response=response)}]
+        if self.prompt_style in FORMAT_STYLES:
+            from safeft.eval.judges.formats import get_format
+
+            return get_format(self.prompt_style).messages(prompt, response)
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
 
     def parse(self, text: str) -> tuple[Label, dict[str, Any]]:
-        """Label and extra detail of the judge model's reply text."""
+        """Label and extra detail of the judge model's reply text (a format's score, if it has
+        one, in ``detail["score"]``)."""
         if self.prompt_style == "rubric":
             return parse_rubric(text, self.strip_think)
+        if self.prompt_style in FORMAT_STYLES:
+            from safeft.eval.judges.formats import get_format
+
+            label, score, detail = get_format(self.prompt_style).parse(text)
+            return label, ({**detail, "score": score} if score is not None else detail)
         return parse_guard(text, self.strip_think)
 
     # -------------------------------------------------------------------------------- transport
@@ -278,9 +303,10 @@ class LLMJudge:
         if text is None:
             return Verdict("unjudged", None, detail)
         label, extra = self.parse(text)
+        score = extra.pop("score", None)
         detail.update(extra)
         detail["raw"] = _excerpt(self._redact(text))
-        return Verdict(label, None, detail)
+        return Verdict(label, score, detail)
 
     def judge_many(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
         """Verdicts in input order, ``concurrency`` requests at a time. The first
