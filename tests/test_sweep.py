@@ -52,7 +52,7 @@ def test_sweep_runs_resumes_and_refuses_changed_settings(tmp_path, tiny_model_di
         {"name": "high", "set": {"learning_rate": 1e-2}},
     ]
     sweep = _sweep_file(tmp_path, tiny_model_dir, points)
-    assert main(["sweep", "--config", str(sweep)]) == 0
+    assert main(["sweep", "--config", str(sweep), "--jobs", "2"]) == 0
     out = tmp_path / "sweep_out"
     summary = json.loads((out / "sweep.json").read_text())
     assert [p["name"] for p in summary["points"]] == ["low", "high"]
@@ -81,3 +81,27 @@ def test_pareto_front_keeps_the_points_nothing_beats_on_both_axes():
     assert pareto_front(points) == [0, 1, 3]
     v = {"non_refusal_direct": 0.2, "non_refusal_prefill": 0.4, "over_refusal": 0.1}
     assert harm_and_over(v) == (0.1, 0.30000000000000004)
+
+
+def test_baselines_are_reported_but_never_selected_or_on_the_front(tmp_path, monkeypatch):
+    import safeft.sweep as sweep_mod
+    from safeft.sweep import PointSpec, SweepConfig, run_sweep
+
+    def fake_point(config, point, root):
+        over, harm = {"vanilla": (0.0, 0.0), "a": (0.2, 0.1), "b": (0.5, 0.05)}[point.name]
+        v = {"non_refusal_direct": harm, "non_refusal_prefill": harm, "over_refusal": over,
+             "over_refusal_edgy": over, "over_refusal_everyday": over, "repetitive_prefill": 0.0,
+             "n": {"harmful_direct": 10}, "score": over + harm}  # fmt: skip
+        return {"name": point.name, "settings": point.set, "reference": point.reference,
+                "baseline": point.baseline, "validation": v, "evaluation": None}  # fmt: skip
+
+    monkeypatch.setattr(sweep_mod, "run_point", fake_point)
+    config = SweepConfig(
+        recipe="unused.yaml",
+        output_dir=str(tmp_path),
+        points=[PointSpec("vanilla", baseline=True), PointSpec("a"), PointSpec("b")],
+    )
+    summary = run_sweep(config)
+    assert summary["selected"] == "a"  # vanilla has the lowest score but is a baseline
+    assert summary["front"] == ["a", "b"]
+    assert "baseline" in (tmp_path / "sweep.md").read_text() and (tmp_path / "front.png").is_file()

@@ -16,7 +16,8 @@ skipped, one whose folder holds other settings is refused. Each point's *validat
 :mod:`safeft.check`) gives the numbers the setting is chosen on; the evaluation suite is reported beside
 them and never used for choosing. Outputs: ``sweep.json``, ``sweep.md`` and ``front.png`` (attack success
 against over-refusal, one point per setting, the Pareto front of the validation numbers marked, the
-reference settings labelled, the selected setting starred).
+reference settings labelled, the selected setting starred). ``--jobs N`` runs N points at a time (on a
+CPU, give each process one thread: ``OMP_NUM_THREADS=1``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class PointSpec:
     name: str
     set: dict[str, Any] = field(default_factory=dict)
     reference: str | None = None  # a label for the plot, e.g. "official LoRA script"
+    baseline: bool = False  # plotted and reported, never selected nor on the front (e.g. vanilla SFT)
 
 
 @dataclass
@@ -184,6 +186,7 @@ def run_point(config: SweepConfig, point: PointSpec, root: Path) -> dict[str, An
         "name": point.name,
         "settings": settings,
         "reference": point.reference,
+        "baseline": point.baseline,
         "validation": summarize_validation(validation),
         "evaluation": evaluation,
     }
@@ -246,13 +249,26 @@ def harm_and_over(v: dict) -> tuple[float, float]:
     return (v["over_refusal"] or 0.0, sum(harm) / max(1, len(harm)))
 
 
-def run_sweep(config: SweepConfig) -> dict[str, Any]:
+def run_sweep(config: SweepConfig, jobs: int = 1) -> dict[str, Any]:
+    """Run every point (``jobs`` at a time, each in its own processes), then write the summary."""
     root = Path(config.output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    results = [run_point(config, p, root) for p in expand_points(config)]
-    coords = [harm_and_over(r["validation"]) for r in results]
-    front = pareto_front(coords)
-    selected = min(range(len(results)), key=lambda i: results[i]["validation"]["score"])
+    points = expand_points(config)
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    if jobs == 1:
+        results = [run_point(config, p, root) for p in points]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            results = list(pool.map(lambda p: run_point(config, p, root), points))
+    candidates = [i for i, r in enumerate(results) if not r.get("baseline")]
+    if not candidates:
+        raise ConfigError("every point of the sweep is a baseline: nothing to select")
+    coords = [harm_and_over(results[i]["validation"]) for i in candidates]
+    front = [candidates[j] for j in pareto_front(coords)]
+    selected = min(candidates, key=lambda i: results[i]["validation"]["score"])
     summary = {
         "recipe": config.recipe,
         "selected": results[selected]["name"],
@@ -283,7 +299,7 @@ def markdown_table(summary: dict) -> str:
     for r in summary["points"]:
         v = r["validation"]
         mark = ("**selected** " if r["name"] == summary["selected"] else "") + (
-            "yes" if r["name"] in summary["front"] else ""
+            "yes" if r["name"] in summary["front"] else ("baseline" if r.get("baseline") else "")
         )
         lines.append(
             f"| {r['name']} | {r['reference'] or ''} | {_pct(v['non_refusal_direct'])} | "

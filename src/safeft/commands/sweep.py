@@ -16,6 +16,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", required=True, help="sweep YAML (see sweeps/derta_smollm2.yaml)")
     p.add_argument("--output_dir", "--output-dir", dest="output_dir", help="override the file's output_dir")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="points trained at the same time (default 1; on a CPU set "
+        "OMP_NUM_THREADS so that jobs x threads <= cores)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -23,5 +30,5 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     from safeft.sweep import load_sweep, run_sweep
 
     config, _ = load_sweep(args.config, args.output_dir)
-    run_sweep(config)
+    run_sweep(config, jobs=args.jobs)
     return 0
