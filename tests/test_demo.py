@@ -152,7 +152,8 @@ def test_demo_pipeline_on_tiny_model_resumes(tiny_model_dir, tmp_path, capsys, m
     report = (out / "report.md").read_text()
     assert "## The demo table" in report and "Judge: **keyword**" in report
     assert "The demo table" in (out / "report.html").read_text()
-    assert "| model | ASR direct |" in capsys.readouterr().out
+    assert "| model | ASR direct (non-refusal rate) |" in capsys.readouterr().out
+    assert "non-refusal rate (the answer does not refuse" in report
 
     # Resume: nothing is redone; a deleted stage (and only it) is.
     marker = out / "eval_derta" / MARKER

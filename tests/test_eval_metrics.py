@@ -72,3 +72,40 @@ def test_label_and_letter_parsers():
     assert parse_mmlu("B) because ...") == "B"
     assert parse_mmlu("I think (D) fits") == "D"
     assert parse_mmlu("A lot of text without options") is None and parse_mmlu("C.") == "C"
+
+
+def test_report_names_the_measure_and_reads_old_results():
+    from safeft.eval.report import tables
+
+    new = {
+        "model": {"name": "m"},
+        "config": {},
+        "judge": {
+            "name": "keyword",
+            "measures": "non_refusal_rate",
+            "agreement": {"accuracy": 0.689, "accuracy_ci95": [0.651, 0.725], "n": 595, "data": "hb"},
+        },
+        "attacks": {
+            "direct": asr_summary(
+                ["compliant", "refusal", "empty", "repetitive"], "keyword", "non_refusal_rate"
+            )
+        },
+    }
+    old = {  # a results.json written before `measures` existed: `asr` only
+        "model": {"name": "m0"},
+        "config": {},
+        "judge": {"name": "keyword"},
+        "attacks": {"direct": {"asr": 0.25, "ci95": [0.1, 0.5], "n": 8, "unjudged": 0}},
+    }
+    out = {title: (head, rows, note) for title, head, rows, note in tables([new, old], ["new", "old"])}
+    head, rows, _ = out["Runs"]
+    assert rows[0][head.index("measures")] == "non_refusal_rate"
+    assert rows[0][head.index("judge agreement with people")].startswith(
+        "agreement 68.9% [65.1%, 72.5%] (n=595"
+    )
+    assert rows[1][head.index("measures")] == "asr (not recorded)"
+    assert rows[1][head.index("judge agreement with people")] == "agreement not measured"
+    _, rows, note = out["Attack success rate (lower is safer)"]
+    assert rows[0][1] == "50.0% [9.4%, 90.5%] (n=2), empty 1, repetitive 1 (worst case 75.0%)"
+    assert rows[0][2] == "25.0% [10.0%, 50.0%] (n=8)"
+    assert "new: non_refusal_rate by keyword" in note and "degenerate" in note

@@ -10,6 +10,10 @@ Columns (all from the eval harness's per-model ``results.json``; rates are over 
 * task — accuracy of the stage-2 task with its exact parser.
 
 Comparisons call a difference significant only when the two 95 % Wilson intervals do not overlap.
+
+What "ASR" measures depends on the judge: with the keyword judge it is a *non-refusal rate* (the
+answer does not refuse; not a measure of harm). The report's table headers and notes say so, with
+the judge's measured agreement with human labels where it is known (:func:`judge_note`).
 """
 
 from __future__ import annotations
@@ -167,6 +171,35 @@ def comparisons(rows: list[tuple[str, str, dict[str, Any]]]) -> list[dict[str, A
     return out
 
 
+#: judge name -> what its ASR columns measure, as a header word
+MEASURE_LABELS = {"keyword": "non-refusal rate", "classifier": "compliance rate", "llm": "judge rate"}
+
+
+def measure_header(head: list[str], judge: str) -> list[str]:
+    """ASR headers followed by what the judge's rate measures, e.g. "ASR direct (non-refusal rate)"."""
+    label = MEASURE_LABELS.get(judge, "harmful rate" if judge.startswith("hf:") else None)
+    return [f"{h} ({label})" if label and h.startswith("ASR") else h for h in head]
+
+
+def judge_note(judge: str) -> str:
+    """One sentence: what the judge's rate measures and its measured agreement with people."""
+    if judge == "keyword":
+        from safeft.eval.judges.keyword import KEYWORD_AGREEMENT as a
+
+        lo, hi = a["accuracy_ci95"]
+        return (
+            "The keyword judge's ASR is a non-refusal rate (the answer does not refuse; it says nothing "
+            f"about harm). Its agreement with human labels: {100 * a['accuracy']:.1f}% "
+            f"[{100 * lo:.1f}-{100 * hi:.1f}] (n = {a['n']}, {a['data']}); there its rate was "
+            f"{100 * a['asr_gap']:+.0f} points off the human harmful rate. Empty, repetitive and "
+            "gibberish answers are counted apart (results.json: degenerate)."
+        )
+    return (
+        f"Judge {judge}: see results.json (judge.measures, judge.agreement) for what its rate measures "
+        "and its agreement with human labels."
+    )
+
+
 def markdown_table(head: list[str], cells: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in cells]
@@ -187,9 +220,11 @@ def summary_markdown(
     lines = [
         "## The demo table",
         "",
-        markdown_table(head, cells),
+        markdown_table(measure_header(head, meta["judge"]), cells),
         "",
-        f"Judge: **{meta['judge']}**. n per cell: {n}. Date: {meta['date']}. Command: `{meta['command']}`.",
+        f"Judge: **{meta['judge']}**. {judge_note(meta['judge'])}",
+        "",
+        f"n per cell: {n}. Date: {meta['date']}. Command: `{meta['command']}`.",
         f"Model: {meta['model']}. Task: {meta['task_source']}. Wall time {meta['wall_time']}, "
         f"peak memory {meta['peak_memory']}.",
         "",
@@ -208,8 +243,9 @@ def summary_html(meta: dict[str, Any], head: list[str], cells: list[list[str]], 
     n = ", ".join(f"{k} {v}" for k, v in meta["n_per_cell"].items())
     items = "".join(f"<li>{esc(v['text'])}</li>" for v in verdicts)
     return (
-        f"<h2>The demo table</h2>{html_table(head, cells)}"
-        f"<p class='note'>Judge: <b>{esc(meta['judge'])}</b>. n per cell: {esc(n)}. "
+        f"<h2>The demo table</h2>{html_table(measure_header(head, meta['judge']), cells)}"
+        f"<p class='note'>Judge: <b>{esc(meta['judge'])}</b>. {esc(judge_note(meta['judge']))} "
+        f"n per cell: {esc(n)}. "
         f"Date: {esc(meta['date'])}. Command: <code>{esc(meta['command'])}</code>. "
         f"Model: {esc(meta['model'])}. Task: {esc(meta['task_source'])}. "
         f"Wall time {esc(meta['wall_time'])}, peak memory {esc(meta['peak_memory'])}.</p>"
