@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 from safeft.data.records import SafetyTriple
 from safeft.data.sources import SourceConfig, load_prompts, load_safety_triples
@@ -153,7 +154,7 @@ def run_check(model, tokenizer, cfg: CheckConfig, sets: CheckSets, out_file: Pat
     return result
 
 
-class BestCheckpointCallback:
+class BestCheckpointCallback(TrainerCallback):
     """``select: best``: at every checkpoint save, run the validation check and copy the adapter of the
     best (lowest :func:`selection_score`) step to ``<output_dir>/best_adapter``; the history goes to
     ``<output_dir>/validation.json``. Only the main process generates."""
@@ -185,12 +186,6 @@ class BestCheckpointCallback:
             )
         (self.out / "validation.json").write_text(json.dumps(self.history, indent=1))
         return control
-
-
-def _callback_class():
-    from transformers import TrainerCallback
-
-    return type("BestCheckpoint", (BestCheckpointCallback, TrainerCallback), {})
 
 
 def load_best_adapter(model, out: Path) -> None:
@@ -237,7 +232,7 @@ def train_with_check(
             with original_weights(model):
                 before = run_check(model, tokenizer, cfg, sets, out / "check_before.jsonl")
         if cfg.select == "best":
-            callbacks.append(_callback_class()(tokenizer, cfg, sets, out))
+            callbacks.append(BestCheckpointCallback(tokenizer, cfg, sets, out))
 
     def after_train(trainer) -> None:
         nonlocal after

@@ -47,7 +47,8 @@ class AlignBudget:
     Defaults: recipes/derta_smollm2.yaml, the setting `safeft sweep` selected on the validation split."""
 
     epochs: float = 2.0
-    batch_size: int = 16
+    batch_size: int = 8  # x grad_accum = the recipe's 16 rows per step, with half the activation memory
+    grad_accum: int = 2
     learning_rate: float = 2e-4
     lora_r: int = 16
     lora_alpha: int = 32
@@ -131,7 +132,7 @@ QUICK: dict[str, Any] = {
         "save_steps": 1000,
         "learning_rate": 1e-3,
         "helpful_per_triple": 1.0,
-        "batch_size": 8,
+        "grad_accum": 1,
     },
     "task": {
         "n_train": 32,

@@ -85,6 +85,7 @@ def train_alignment(
         learning_rate=a.learning_rate,
         num_train_epochs=a.epochs,
         per_device_train_batch_size=a.batch_size,
+        gradient_accumulation_steps=a.grad_accum,
         max_length=a.max_length,
         logging_steps=5,
         save_steps=a.save_steps,
