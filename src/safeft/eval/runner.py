@@ -349,6 +349,7 @@ class EvalRunner:
                 "sets": [dataclasses.asdict(s) for s in self.suite.safety],
                 "over_refusal_sets": [dataclasses.asdict(s) for s in self.suite.over_refusal],
                 "tasks": [dataclasses.asdict(t) for t in self.suite.tasks],
+                "skipped": list(getattr(self.suite, "skipped", [])),
             },
             "attacks": {},
             "refusal_curve": [],

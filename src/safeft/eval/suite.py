@@ -41,6 +41,7 @@ class SetSpec:
     attacks: list[str] = field(default_factory=lambda: ["direct"])
     limit: int | None = None
     options: dict = field(default_factory=dict)  # loader options: prompt_field, id_field, split...
+    optional: bool = False  # skipped (with a warning, listed in results) when its file is missing
 
     @property
     def label(self) -> str:
@@ -57,6 +58,7 @@ class TaskSpec:
     path: str
     limit: int | None = None
     shots: int = 0
+    optional: bool = False  # skipped (with a warning, listed in results) when its file is missing
 
 
 @dataclass
@@ -74,6 +76,34 @@ class EvalSuite:
     tasks: list[TaskSpec] = field(default_factory=list)
     #: folder that relative paths start from (set by the loader, not read from YAML)
     base_dir: str = "."
+    #: optional sets / tasks left out because their files are missing (set by the loader)
+    skipped: list[str] = field(default_factory=list)
+
+    def drop_missing_optional(self) -> None:
+        """Leave out ``optional: true`` sets and tasks whose file is missing and has no installed
+        copy (:func:`safeft.eval.prompts.wheel_fallback`), with a warning; record them in
+        :attr:`skipped`. A missing file of a set that is not optional still fails when loaded."""
+        import logging
+
+        from safeft.eval.prompts import wheel_fallback
+
+        def missing(set_name: str, path: str | None) -> bool:
+            if not path or set_name in ("hub", "safeft"):
+                return False
+            resolved = self.resolve(path)
+            return not resolved.exists() and wheel_fallback(set_name, resolved) is None
+
+        for group in (self.safety, self.over_refusal):
+            for spec in list(group):
+                if spec.optional and missing(spec.set, spec.path):
+                    group.remove(spec)
+                    self.skipped.append(f"{spec.label} ({self.resolve(spec.path or '')} not found)")
+        for task in list(self.tasks):
+            if task.optional and not self.resolve(task.path).exists():
+                self.tasks.remove(task)
+                self.skipped.append(f"task {task.task} ({self.resolve(task.path)} not found)")
+        for item in self.skipped:
+            logging.getLogger(__name__).warning("suite %s: skipped optional %s", self.name, item)
 
     def validate(self) -> None:
         for spec in [*self.safety, *self.over_refusal]:
@@ -108,6 +138,7 @@ def load_suite(path: str | Path, data_dir: str | None = None) -> EvalSuite:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a suite must be a YAML mapping")
     data.pop("base_dir", None)
+    data.pop("skipped", None)
     suite = from_dict(EvalSuite, data, where=str(path))
     suite.base_dir = str(path.parent.resolve())
     templates = suite.attack_options.get("templates")
@@ -117,6 +148,7 @@ def load_suite(path: str | Path, data_dir: str | None = None) -> EvalSuite:
     if data_dir:
         suite.data_dir = str(Path(data_dir).expanduser().resolve())
     suite.validate()
+    suite.drop_missing_optional()
     return suite
 
 
