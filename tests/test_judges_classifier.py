@@ -398,10 +398,10 @@ def test_pair_features_and_counterfactual_rows() -> None:
 
     emb = HashEmbedder()
     x = pair_features(emb, ["how do I bake bread?"], ["Sure, bake bread at 200 degrees."])
-    assert x.shape == (1, 2 * emb.dim + 1)
+    assert x.shape == (1, 2 * emb.dim + 2) and x[0, -1] == 3.0  # the keyword judge: compliant
     e_r = emb.embed(["Sure, bake bread at 200 degrees."])[0].numpy()
     e_p = emb.embed(["how do I bake bread?"])[0].numpy()
-    assert x[0, -1] == pytest.approx(float(e_r @ e_p), abs=1e-6)
+    assert x[0, -2] == pytest.approx(float(e_r @ e_p), abs=1e-6)
     rows = synthetic_records(4)
     aug = counterfactual_rows(rows)
     n_comp = sum(r.label == "compliant" for r in rows)

@@ -435,7 +435,7 @@ class ClassifierJudge:
         want = metadata.get("embedder", MINILM_NAME)
         if self.embedder.name != want:
             raise ValueError(f"classifier head was trained on {want} embeddings, not {self.embedder.name}")
-        want_dim = 2 * self.embedder.dim + 1 if self.input_mode == "pair" else self.embedder.dim
+        want_dim = 2 * self.embedder.dim + 2 if self.input_mode == "pair" else self.embedder.dim
         if want_dim != self.weight.numel():
             raise ValueError(f"head has {self.weight.numel()} weights, the features have {want_dim}")
         self.trained_on = "+".join(metadata.get("data", {}).get("specs", [])) or "?"
