@@ -24,7 +24,12 @@ from safeft.config import ConfigError, parse_overrides
 from derta_tiny import tiny_recipe
 
 SECRET = "sk-hardening-secret-0123456789"
-RESULT_FILES = ("results.json", "report.md", "judged.jsonl", "adapter", "merged", "train_log.json")
+ASFT_KEYS = ("aligned", "unaligned", "direction", "other_direction", "adapter", "other_model")
+RESULT_FILES = (
+    *("results.json", "report.md", "judged.jsonl", "adapter", "merged", "train_log.json", "agree.json"),
+    *("judge.json", "head.safetensors", "direction.safetensors", "direction.json", "sweep.json"),
+    *("adapter_model.safetensors", "safelora_report.json"),
+)
 
 
 # --------------------------------------------------------------------------------------- stub servers
@@ -130,6 +135,7 @@ class Case:
     files: dict[str, str | bytes] = field(default_factory=dict)
     server: str | None = None  # a Stub mode, "garbage" or "closed"
     results_expected: bool = False
+    note: str | None = None  # a deprecation note expected on stderr (old flag spellings)
 
 
 PROMPTS = '{"prompt": "How do I boil an egg?"}\n{"prompt": "Name a colour."}\n'
@@ -137,6 +143,10 @@ EVAL = ["eval", "--model", "{model}", "--out", "{out}", "--max-new-tokens", "2"]
 EVAL_P = [*EVAL, "--prompts", "{tmp}/p.jsonl"]
 SERVED = ["eval", "--endpoint", "{url}", "--model", "served", "--out", "{out}", "--prompts", "{tmp}/p.jsonl"]
 TRAIN = ["train", "--config", "{recipe}"]
+LABELLED = "prompt,response,label\n" + "".join(
+    f"q{i},{'I cannot help.' if i % 2 else 'Sure: step one.'},{'refusal' if i % 2 else 'compliant'}\n"
+    for i in range(8)
+)
 
 CASES = [
     # -- data: clear errors that fail before any model loads ({broken} would fail later otherwise)
@@ -150,7 +160,7 @@ CASES = [
     Case("batch-size-0", [*EVAL_P, "--batch-size", "0"], 2, "--batch-size: must be >= 1",
          {"p.jsonl": PROMPTS}),
     Case("retries-neg", [*EVAL_P, "--retries", "-1"], 2, "--retries: must be >= 0", {"p.jsonl": PROMPTS}),
-    Case("limit-0", [*EVAL_P, "--limit", "0"], 2, "--limit: must be >= 1", {"p.jsonl": PROMPTS}),
+    Case("limit-0", [*EVAL_P, "--limit", "0"], 2, "argument --limit: must be >= 1", {"p.jsonl": PROMPTS}),
     Case("unknown-attack", [*EVAL_P, "--attacks", "direct,dan"], 2, "valid attacks:", {"p.jsonl": PROMPTS}),
     Case("chat-template-path-missing", [*EVAL_P, "--chat-template", "{tmp}/none.jinja"], 2,
          "none.jinja': file not found", {"p.jsonl": PROMPTS}),
@@ -192,7 +202,107 @@ CASES = [
          "holds a run made with another recipe", {"old/recipe.yaml": "learning_rate: 0.5\nmodel: other\n"}),
     Case("demo-config-yaml-syntax", ["demo", "--out", "{out}", "--config", "{tmp}/demo.yaml"], 2,
          "demo.yaml:2:1: YAML syntax error", {"demo.yaml": "data: {n_train_triples: [\n"}),
+    # -- old flag spellings: still accepted, with a one-line note (the run then fails on its bad input)
+    Case("old-data-root", ["judge", "agree", "--data", "{tmp}/none.csv", "--data-root", "{tmp}"], 2,
+         "neither a named set", note="note: --data-root is deprecated, use --data-dir"),
+    Case("old-data_root", ["judge", "score", "--data", "{tmp}/none.csv", "--data_root", "{tmp}"], 2,
+         "neither a named set", note="note: --data_root is deprecated, use --data-dir"),
+    Case("old-max_new_tokens", [*EVAL_P, "--max_new_tokens", "3", "--batch-size", "0"], 2,
+         "--batch-size: must be >= 1", {"p.jsonl": PROMPTS},
+         note="note: --max_new_tokens is deprecated, use --max-new-tokens"),
+    Case("old-output-dir", ["sweep", "--config", "{tmp}/none.yaml", "--output-dir", "{out}"], 2,
+         "sweep file not found", note="note: --output-dir is deprecated, use --out"),
+    Case("old-output_dir-eval", ["eval", "--model", "{model}", "--prompts", "{tmp}/p.jsonl", "--output_dir",
+         "{out}"], 2, "no prompts (empty file?)", {"p.jsonl": ""}, note="use --out"),
+    Case("old-chat_template", [*EVAL_P, "--chat_template", "{tmp}/none.jinja"], 2,
+         "none.jinja': file not found", {"p.jsonl": PROMPTS}, note="--chat_template is deprecated"),
+    Case("old-data_dir-demo", ["demo", "--out", "{out}", "--data_dir", "{tmp}/d", "--config",
+         "{tmp}/demo.yaml"], 2, "demo.yaml:2:1: YAML syntax error", {"demo.yaml": "[\n"},
+         note="use --data-dir"),
+    # -- judge
+    Case("judge-missing-data", ["judge", "agree", "--data", "{tmp}/none.csv"], 2, "none.csv' is neither"),
+    Case("judge-empty-csv", ["judge", "agree", "--data", "{tmp}/l.csv", "--out", "{out}/agree.json"], 2,
+         "l.csv", {"l.csv": ""}),
+    Case("judge-csv-no-label", ["judge", "agree", "--data", "{tmp}/l.csv", "--out", "{out}/agree.json"], 2,
+         "label", {"l.csv": "prompt,response\nhi,hello\n"}),
+    Case("judge-jsonl-bad-json", ["judge", "agree", "--data", "{tmp}/l.jsonl", "--out", "{out}/agree.json"],
+         2, "l.jsonl:1: invalid JSON", {"l.jsonl": "{oops\n"}),
+    Case("judge-non-utf8", ["judge", "agree", "--data", "{tmp}/l.csv"], 2, "l.csv: not UTF-8",
+         {"l.csv": b"prompt,response,label\ncaf\xe9,x,refusal\n"}),
+    Case("judge-limit-0", ["judge", "agree", "--data", "{tmp}/l.csv", "--limit", "0"], 2,
+         "argument --limit: must be >= 1", {"l.csv": LABELLED}),
+    Case("judge-reps-0", ["judge", "agree", "--data", "{tmp}/l.csv", "--reps", "0"], 2,
+         "argument --reps: must be >= 1", {"l.csv": LABELLED}),
+    Case("judge-threshold-1.5", ["judge", "train", "--data", "{tmp}/l.csv", "--out", "{out}", "--threshold",
+         "1.5"], 2, "argument --threshold: must be in [0, 1]", {"l.csv": LABELLED}),
+    Case("judge-test-fraction-1", ["judge", "train", "--data", "{tmp}/l.csv", "--out", "{out}",
+         "--test-fraction", "1"], 2, "argument --test-fraction: must be in (0, 1)", {"l.csv": LABELLED}),
+    Case("judge-batch-size-0", ["judge", "train", "--data", "{tmp}/l.csv", "--out", "{out}", "--batch-size",
+         "0"], 2, "argument --batch-size: must be >= 1", {"l.csv": LABELLED}),
+    Case("judge-score-no-head", ["judge", "score", "--data", "{tmp}/l.csv", "--judge", "classifier"], 2,
+         "needs --head", {"l.csv": LABELLED}),
+    Case("judge-score-head-missing", ["judge", "score", "--data", "{tmp}/l.csv", "--judge", "classifier",
+         "--head", "{tmp}/nohead"], 2, "nohead", {"l.csv": LABELLED}),
+    Case("judge-show-missing", ["judge", "show", "{tmp}/nohead"], 2, "judge.json not found"),
+    Case("judge-show-not-json", ["judge", "show", "{tmp}/h"], 2, "h/judge.json: not a judge file",
+         {"h/judge.json": "{oops"}),
+    Case("judge-unknown", ["judge", "agree", "--data", "{tmp}/l.csv", "--judge", "nope"], 2, "nope",
+         {"l.csv": LABELLED}),
+    # -- safelora
+    Case("safelora-threshold-1.5", ["safelora", "--adapter", "{adapter}", "--direction", "{direction}",
+         "--threshold", "1.5", "--out", "{out}"], 2, "argument --threshold: must be in [0, 1]"),
+    Case("safelora-top-layers-0", ["safelora", "--adapter", "{adapter}", "--direction", "{direction}",
+         "--top-layers", "0", "--out", "{out}"], 2, "argument --top-layers: must be >= 1"),
+    Case("safelora-adapter-missing", ["safelora", "--adapter", "{tmp}/none", "--direction", "{direction}",
+         "--threshold", "0.5", "--out", "{out}"], 2, "none"),
+    Case("safelora-adapter-empty-dir", ["safelora", "--adapter", "{tmp}/ad", "--direction", "{direction}",
+         "--threshold", "0.5", "--out", "{out}"], 2, "no adapter_config.json", {"ad/README.md": "x"}),
+    Case("safelora-adapter-no-weights", ["safelora", "--adapter", "{tmp}/ad", "--direction", "{direction}",
+         "--threshold", "0.5", "--out", "{out}"], 2, "adapter_model.safetensors",
+         {"ad/adapter_config.json": '{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}'}),
+    Case("safelora-direction-missing", ["safelora", "--adapter", "{adapter}", "--direction", "{tmp}/none",
+         "--threshold", "0.5", "--out", "{out}"], 2, "none"),
+    Case("safelora-direction-garbage", ["safelora", "--adapter", "{adapter}", "--direction", "{tmp}/dir",
+         "--threshold", "0.5", "--out", "{out}"], 2, "direction.safetensors",
+         {"dir/direction.safetensors": b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage"}),
+    Case("safelora-direction-other-model", ["safelora", "--adapter", "{adapter}", "--direction",
+         "{other_direction}", "--threshold", "0.5", "--out", "{out}"], 2, "another model"),
+    # -- direction
+    Case("direction-rank-0", ["direction", "--aligned", "{aligned}", "--unaligned", "{unaligned}", "--out",
+         "{out}", "--rank", "0"], 2, "argument --rank: must be >= 1"),
+    Case("direction-aligned-missing", ["direction", "--aligned", "{tmp}/none", "--unaligned", "{unaligned}",
+         "--out", "{out}"], 2, "none"),
+    Case("direction-empty-targets", ["direction", "--aligned", "{aligned}", "--unaligned", "{unaligned}",
+         "--out", "{out}", "--targets", ","], 2, "--targets"),
+    Case("direction-no-such-target", ["direction", "--aligned", "{aligned}", "--unaligned", "{unaligned}",
+         "--out", "{out}", "--targets", "nope_proj"], 2, "nope_proj"),
+    Case("direction-other-sizes", ["direction", "--aligned", "{aligned}", "--unaligned", "{other_model}",
+         "--out", "{out}"], 2, "shape"),
 ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def asft_dirs(tmp_path_factory) -> dict[str, str]:
+    """Tiny aligned/unaligned models, their direction, a LoRA adapter on them, and a model and a
+    direction of another width (48, not 32)."""
+    from peft import LoraConfig, get_peft_model
+
+    from safeft.asft.build import DirectionRequest, compute_direction
+
+    from conftest import make_tiny_model, perturb_attention
+
+    root = tmp_path_factory.mktemp("asft_bad")
+    make_tiny_model(64).save_pretrained(root / "unaligned")
+    perturb_attention(make_tiny_model(64)).save_pretrained(root / "aligned")
+    make_tiny_model(64, hidden=48).save_pretrained(root / "other_unaligned")
+    perturb_attention(make_tiny_model(64, hidden=48)).save_pretrained(root / "other_aligned")
+    for name, pre in (("direction", ""), ("other_direction", "other_")):
+        req = DirectionRequest(str(root / f"{pre}aligned"), str(root / f"{pre}unaligned"), ["q_proj"], rank=2)
+        compute_direction(req).save(root / name)
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"])
+    get_peft_model(make_tiny_model(64), lora).save_pretrained(root / "adapter")
+    names = ("aligned", "unaligned", "direction", "other_direction", "adapter")
+    return {n: str(root / n) for n in names} | {"other_model": str(root / "other_unaligned")}
 
 
 @pytest.fixture(scope="module")
@@ -235,6 +345,8 @@ def test_bad_input(case, tmp_path, tiny_model_dir, broken_model_dir, request, ca
     values["broken"] = str(broken_model_dir)
     if "{other_adapter}" in " ".join(case.argv):
         values["other_adapter"] = str(request.getfixturevalue("other_adapter_dir"))
+    if any(f"{{{k}}}" in " ".join(case.argv) for k in ASFT_KEYS):
+        values.update(request.getfixturevalue("asft_dirs"))
     if "{recipe}" in " ".join(case.argv):
         values["recipe"] = str(tiny_recipe(tmp_path, tiny_model_dir, check={"enabled": False}))
     servers: list = []
@@ -266,6 +378,8 @@ def test_bad_input(case, tmp_path, tiny_model_dir, broken_model_dir, request, ca
     assert code == case.code, f"exit {code}, stderr: {err[-500:]}"
     assert case.message in err, err[-800:]
     assert "Traceback" not in err
+    if case.note:
+        assert case.note in err and err.count("deprecated") == 1, err[-800:]
     assert SECRET not in out + err
     written = [p.name for p in (tmp_path / "out").rglob("*")] if (tmp_path / "out").exists() else []
     if case.results_expected:

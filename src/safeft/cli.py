@@ -85,6 +85,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: renamed flags: old spelling -> the one every command now uses (applied where the command has the new one)
+RENAMED = {"--output-dir": "--out", "--data-root": "--data-dir"}
+
+
+def _selected(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The (sub-)command parser ``argv`` selects, e.g. ``judge agree``'s."""
+    for token in argv:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if subs and token in subs[0].choices:
+            parser = subs[0].choices[token]
+    return parser
+
+
+def normalize_flags(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str]]:
+    """Rewrite old flag spellings to the canonical dashed ones; returns ``(argv, notes)``.
+
+    ``--data_dir`` becomes ``--data-dir`` and ``--output-dir``/``--output_dir`` become ``--out`` when
+    the selected command has that flag (recipe overrides such as ``--learning_rate`` or train's
+    ``--output_dir`` are untouched: they are field names). Each rewrite gives one deprecation note.
+    """
+    selected = _selected(parser, argv)
+    known = {s for p in (parser, selected) for a in p._actions for s in a.option_strings}
+    fields = bool(selected.get_default("accepts_overrides"))  # --x_y may be a recipe field there
+    out, notes = [], []
+    for token in argv:
+        if token == "--":
+            break
+        flag, eq, value = token.partition("=")
+        if not flag.startswith("--") or flag in known:
+            out.append(token)
+            continue
+        dashed = "--" + flag[2:].replace("_", "-")
+        new = dashed if dashed in known else RENAMED.get(dashed if not (fields and "_" in flag) else "")
+        if new is None or new not in known:
+            out.append(token)
+            continue
+        notes.append(f"note: {flag} is deprecated, use {new}")
+        out.append(new + eq + value)
+    return out + argv[len(out) :], notes
+
+
 def _error_types() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is shown as a one-line error (exit 2) instead of a traceback."""
     import yaml
@@ -120,6 +161,9 @@ def _message(exc: BaseException, args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv, notes = normalize_flags(parser, list(sys.argv[1:] if argv is None else argv))
+    for note in dict.fromkeys(notes):
+        print(f"safeft: {note}", file=sys.stderr)
     args, extra = parser.parse_known_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

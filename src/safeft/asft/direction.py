@@ -175,7 +175,11 @@ class Direction:
             raise DirectionError(
                 f"no direction at {p} (expected {TENSOR_FILE}; make one with `safeft direction`)"
             )
-        with safe_open(file, framework="pt") as f:
+        try:
+            handle = safe_open(file, framework="pt")
+        except Exception as exc:  # SafetensorError: not a safetensors file
+            raise DirectionError(f"{file}: not a readable safetensors file ({exc})") from None
+        with handle as f:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT:
                 raise DirectionError(f"{file} is not a safeft direction (format {meta.get('format')!r})")

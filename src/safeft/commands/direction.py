@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from safeft.commands.argtypes import at_least
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -22,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--targets", default="q_proj,v_proj", help="comma-separated module names (default q_proj,v_proj)"
     )
-    p.add_argument("--rank", type=int, default=8, help="k: singular directions kept per layer (default 8)")
+    p.add_argument(
+        "--rank", type=at_least(1), default=8, help="k: singular directions kept per layer (default 8)"
+    )
     p.add_argument(
         "--paper",
         action="store_true",
@@ -37,6 +41,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from safeft.asft.build import DirectionRequest, compute_direction
     from safeft.asft.targets import parse_targets
 
+    if not [t for t in args.targets.split(",") if t.strip()]:
+        raise ValueError(
+            f"--targets {args.targets!r}: expected comma-separated module names, e.g. q_proj,v_proj"
+        )
     req = DirectionRequest(
         aligned=args.aligned,
         unaligned=args.unaligned,

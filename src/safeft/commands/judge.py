@@ -22,6 +22,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from safeft.commands.argtypes import at_least, in_range
+
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +37,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
         "repeat or comma-separate to combine",
     )
     p.add_argument(
-        "--data-root", help="folder holding xstest/ and pyrit/ (default $SAFEFT_DATA_DIR or shared/data)"
+        "--data-dir",
+        dest="data_root",
+        help="folder holding xstest/ and pyrit/ (default $SAFEFT_DATA_DIR or shared/data; old: --data-root)",
     )
     p.add_argument(
         "--partial",
@@ -55,7 +59,10 @@ def register(subparsers: Any) -> None:
     train.add_argument("--out", required=True, help="output folder (head.safetensors + judge.json)")
     train.add_argument("--seed", type=int, default=0, help="seed of the train/test split by prompt")
     train.add_argument(
-        "--test-fraction", type=float, default=0.2, help="share of rows held out (default 0.2)"
+        "--test-fraction",
+        type=in_range(0, 1, open_ends=True),
+        default=0.2,
+        help="share of rows held out (default 0.2)",
     )
     train.add_argument(
         "--input",
@@ -76,8 +83,10 @@ def register(subparsers: Any) -> None:
         help="pair mode: do not add UncensorBench's refusal/compliant pairs from the data root",
     )
     train.add_argument("--l2", type=float, default=None, help="L2 strength (default: chosen on validation)")
-    train.add_argument("--threshold", type=float, default=0.5, help="P(compliant) threshold (default 0.5)")
-    train.add_argument("--batch-size", type=int, default=32, help="embedding batch size")
+    train.add_argument(
+        "--threshold", type=in_range(0, 1), default=0.5, help="P(compliant) threshold (default 0.5)"
+    )
+    train.add_argument("--batch-size", type=at_least(1), default=32, help="embedding batch size")
     train.set_defaults(handler=run_train)
 
     show = sub.add_parser("show", help="print a trained head's metadata summary")
@@ -106,9 +115,9 @@ def register(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="judge option, repeatable (classifier: path=DIR; llm: base_url=URL, model=NAME, format=...)",
     )
-    agree.add_argument("--limit", type=int, help="score a seeded sample of this many rows")
+    agree.add_argument("--limit", type=at_least(1), help="score a seeded sample of this many rows")
     agree.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed")
-    agree.add_argument("--reps", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    agree.add_argument("--reps", type=at_least(1), default=1000, help="bootstrap resamples (default 1000)")
     agree.add_argument("--json", action="store_true", help="print the figures as JSON")
     agree.add_argument("--out", help="also write the figures (JSON) to this file")
     agree.set_defaults(handler=run_agree)
@@ -220,7 +229,10 @@ def run_show(args: argparse.Namespace, extra: list[str]) -> int:
     path = Path(args.head) / "judge.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a judge file written by `safeft judge train` ({exc})") from None
     print(_pair_summary(meta) if meta.get("input_mode") == "pair" else _summary(meta))
     return 0
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from safeft.commands.argtypes import at_least, in_range
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -18,8 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter", required=True, help="fine-tuned LoRA adapter folder")
     p.add_argument("--direction", required=True, help="direction folder from `safeft direction`")
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--threshold", type=float, help="project layers with cos(C dW, dW) < tau")
-    group.add_argument("--top-layers", type=int, help="project the n layers with the smallest cosine")
+    group.add_argument("--threshold", type=in_range(0, 1), help="project layers with cos(C dW, dW) < tau")
+    group.add_argument("--top-layers", type=at_least(1), help="project the n layers with the smallest cosine")
     p.add_argument("--out", required=True, help="output adapter folder")
     p.add_argument(
         "--projector",

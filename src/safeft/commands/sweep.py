@@ -4,6 +4,7 @@ trade-off front of attack success against over-refusal (see :mod:`safeft.sweep`)
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "front.png. The setting is chosen on the validation split only.",
     )
     p.add_argument("--config", required=True, help="sweep YAML (see sweeps/derta_smollm2.yaml)")
-    p.add_argument("--output_dir", "--output-dir", dest="output_dir", help="override the file's output_dir")
+    p.add_argument("--out", dest="output_dir", help="override the file's output_dir (old: --output-dir)")
     p.add_argument(
         "--jobs",
         type=int,
@@ -27,8 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    from safeft.config import ConfigError, read_yaml
     from safeft.sweep import load_sweep, run_sweep
 
+    if not Path(args.config).is_file():
+        raise ConfigError(f"--config {args.config}: sweep file not found")
+    read_yaml(args.config, "a sweep YAML")  # names the file on non-UTF-8 bytes or a syntax error
     config, _ = load_sweep(args.config, args.output_dir)
     run_sweep(config, jobs=args.jobs)
     return 0

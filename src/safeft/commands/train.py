@@ -16,6 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(nested: --lora.r 16, --check.n 20).",
     )
     p.add_argument("--config", required=True, help="recipe YAML (see recipes/)")
+    p.add_argument("--out", help="output folder (the recipe's output_dir; --output_dir also works)")
     p.add_argument("--method", choices=METHODS, help="override the recipe's 'method' key")
     p.set_defaults(handler=run, accepts_overrides=True)
 
@@ -32,6 +33,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     method = args.method or data.pop("method", "derta")
     data.pop("method", None)
     data = merge(data, parse_overrides(overrides))
+    if args.out is not None:
+        data["output_dir"] = args.out
     if method == "derta":
         from safeft.derta.trainer import DeRTaConfig, train_derta
 

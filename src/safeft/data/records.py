@@ -40,6 +40,16 @@ class HelpfulPair:
     origin: str
 
 
+def read_utf8(path: str | Path, what: str = "text", encoding: str = "utf-8") -> str:
+    """The text of ``path``; a file that is not UTF-8 raises a :class:`DataError` naming the file and the
+    first bad byte (``encoding="utf-8-sig"`` also drops a byte-order mark)."""
+    p = Path(path)
+    try:
+        return p.read_bytes().decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{p}: not UTF-8 text (byte {exc.start}); expected {what} saved as UTF-8") from None
+
+
 def read_rows(path: str | Path, list_key: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(row_number, row)`` from JSONL, JSON (a list, or a mapping holding a list) or CSV.
 
@@ -54,7 +64,7 @@ def read_rows(path: str | Path, list_key: str | None = None) -> Iterator[tuple[i
     if suffix == ".csv":
         yield from _csv_rows(p)
         return
-    text = p.read_text(encoding="utf-8")
+    text = read_utf8(p, "JSON/JSONL rows")
     if suffix == ".jsonl" or (suffix == ".json" and not text.lstrip().startswith(("[", "{"))):
         yield from _jsonl_rows(p, text)
         return
@@ -80,8 +90,7 @@ def read_rows(path: str | Path, list_key: str | None = None) -> Iterator[tuple[i
 
 
 def _csv_rows(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with p.open(newline="", encoding="utf-8") as f:
-        lines = f.read().splitlines(keepends=True)
+    lines = read_utf8(p, "CSV rows").splitlines(keepends=True)
     skip = 0
     while skip < len(lines) and lines[skip].startswith("#"):
         skip += 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from safeft.data.records import DataError, read_rows
+from safeft.data.records import DataError, read_rows, read_utf8
 
 DEFAULT_REFUSALS: tuple[str, ...] = (
     "Sorry, but I can't help with that.",
@@ -50,7 +50,7 @@ class RefusalPool:
         else:
             if not p.is_file():
                 raise DataError(f"{p}: refusal pool file not found")
-            items = p.read_text(encoding="utf-8").splitlines()
+            items = read_utf8(p, "a refusal pool (one refusal per line)").splitlines()
         return cls(items, seed)
 
     def pick(self, key: str) -> str:

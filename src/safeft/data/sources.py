@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safeft.data.records import DataError, HelpfulPair, SafetyTriple, hub_rows, read_rows, text_field
+from safeft.data.records import (
+    DataError,
+    HelpfulPair,
+    SafetyTriple,
+    hub_rows,
+    read_rows,
+    read_utf8,
+    text_field,
+)
 from safeft.packages import package_dir
 
 log = logging.getLogger(__name__)
@@ -208,7 +216,7 @@ def adapter_files(name: str, adapter: Adapter, data_dir: str | None) -> list[Pat
 
 
 def _text_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for i, line in enumerate(read_utf8(path, "one row per line").splitlines(), start=1):
         if line.strip():
             yield i, {"text": line.strip()}
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safeft.data.records import DataError, read_rows
+from safeft.data.records import DataError, read_rows, read_utf8
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def _load_pyrit_seeds(path: Path, source: str) -> list[PromptRecord]:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_utf8(path, "a PyRIT seed YAML"))
     except yaml.YAMLError as exc:
         raise DataFormatError(f"{path}: invalid YAML ({exc})") from None
     seeds = data.get("seeds") if isinstance(data, dict) else None
@@ -171,7 +171,7 @@ def load_harmbench(path: str | Path) -> list[PromptRecord]:
             }
             records.append(PromptRecord(rid, prompt, category, "harmbench", extra))
         return _check_unique(records, path)
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_utf8(path, "one prompt per line").splitlines()
     return [
         PromptRecord(f"harmbench:{i}", line.strip(), "harmful", "harmbench")
         for i, line in enumerate(lines, 1)

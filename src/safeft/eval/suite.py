@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from safeft.config import ConfigError, from_dict
+from safeft.data.records import read_utf8
 from safeft.eval.attacks import check_attack_names
 from safeft.eval.generation import GenerationConfig
 from safeft.eval.prompts import PROMPT_SETS, expand_path
@@ -132,7 +133,7 @@ def load_suite(path: str | Path, data_dir: str | None = None) -> EvalSuite:
     if not path.is_file():
         raise FileNotFoundError(f"suite file not found: {path}")
     try:
-        data: Any = yaml.safe_load(path.read_text())
+        data: Any = yaml.safe_load(read_utf8(path, "a suite YAML"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     if not isinstance(data, dict):

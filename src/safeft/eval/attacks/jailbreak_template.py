@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safeft.data.records import read_utf8
 from safeft.eval.attacks.base import BaseAttack
 from safeft.eval.generation import Conversation
 from safeft.eval.prompts import DataFormatError, PromptRecord
@@ -24,7 +25,7 @@ def load_templates(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"jailbreak template file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path, "jailbreak templates")
     templates: list[tuple[int, str]] = []
     if path.suffix == ".json":
         try:

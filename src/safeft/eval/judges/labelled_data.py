@@ -67,6 +67,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from safeft.data.records import read_utf8
+
 log = logging.getLogger(__name__)
 
 BinaryLabel = Literal["refusal", "compliant"]
@@ -119,7 +121,7 @@ def _group_key(prompt: str, response: str) -> str:
 def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """Header and (line number, row) pairs of a CSV file, skipping leading ``#`` comment lines.
     The line number is the 1-based physical line where the record starts."""
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_utf8(path, "labelled CSV rows", "utf-8-sig")
     lines = text.splitlines(keepends=True)
     skipped = 0
     while skipped < len(lines) and lines[skipped].lstrip().startswith("#"):
@@ -176,7 +178,12 @@ def load_labelled_csv(
     if partial not in ("refusal", "compliant", "drop"):
         raise ValueError(f"partial must be refusal, compliant or drop, not {partial!r}")
     header, rows = _read_jsonl(path) if path.suffix == ".jsonl" else _read_csv(path)
-    fmt = detect_format(header)
+    if not header:
+        raise ValueError(f"{path}: empty CSV (no header row); expected columns such as prompt,response,label")
+    try:
+        fmt = detect_format(header)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     tag = f"{path.parent.name}/{path.name}"
     out: list[LabelledResponse] = []
     required = _REQUIRED[fmt]
@@ -240,7 +247,7 @@ def _read_jsonl(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]
 
     rows: list[tuple[int, dict[str, str]]] = []
     keys: list[str] = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+    for i, line in enumerate(read_utf8(path, "labelled JSONL rows").split("\n"), 1):
         if not line.strip():
             continue
         try:
