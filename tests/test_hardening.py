@@ -143,6 +143,9 @@ EVAL = ["eval", "--model", "{model}", "--out", "{out}", "--max-new-tokens", "2"]
 EVAL_P = [*EVAL, "--prompts", "{tmp}/p.jsonl"]
 SERVED = ["eval", "--endpoint", "{url}", "--model", "served", "--out", "{out}", "--prompts", "{tmp}/p.jsonl"]
 TRAIN = ["train", "--config", "{recipe}"]
+ASFT = ["train", "--config", "{tmp}/asft.yaml", "--model", "{broken}", "--out", "{out}", "--penalty_lambda=0"]
+ASFT_FILES = {"asft.yaml": "method: asft\n"}
+TASK = '{"prompt": "Add 2 and 3.", "response": "5"}\n'
 LABELLED = "prompt,response,label\n" + "".join(
     f"q{i},{'I cannot help.' if i % 2 else 'Sure: step one.'},{'refusal' if i % 2 else 'compliant'}\n"
     for i in range(8)
@@ -202,6 +205,17 @@ CASES = [
          "holds a run made with another recipe", {"old/recipe.yaml": "learning_rate: 0.5\nmodel: other\n"}),
     Case("demo-config-yaml-syntax", ["demo", "--out", "{out}", "--config", "{tmp}/demo.yaml"], 2,
          "demo.yaml:2:1: YAML syntax error", {"demo.yaml": "data: {n_train_triples: [\n"}),
+    # -- AsFT training: data and direction are checked before the model ({broken}) loads
+    Case("asft-missing-data", [*ASFT, "--train_data", '[{"path": "{tmp}/none.jsonl"}]'], 2,
+         "none.jsonl: file not found", ASFT_FILES),
+    Case("asft-empty-data", [*ASFT, "--train_data", '[{"path": "{tmp}/task.jsonl"}]'], 2, "no task rows",
+         {**ASFT_FILES, "task.jsonl": ""}),
+    Case("asft-non-utf8-data", [*ASFT, "--train_data", '[{"path": "{tmp}/task.jsonl"}]'], 2,
+         "task.jsonl: not UTF-8", {**ASFT_FILES, "task.jsonl": b'{"prompt": "caf\xe9", "response": "x"}\n'}),
+    Case("asft-missing-direction", [*ASFT, "--train_data", '[{"path": "{tmp}/task.jsonl"}]', "--direction",
+         "{tmp}/nodir"], 2, "no direction at", {**ASFT_FILES, "task.jsonl": TASK}),
+    Case("asft-missing-field", [*ASFT, "--train_data", '[{"path": "{tmp}/task.jsonl"}]'], 2,
+         "task.jsonl:1: missing field 'response'", {**ASFT_FILES, "task.jsonl": '{"prompt": "hi"}\n'}),
     # -- old flag spellings: still accepted, with a one-line note (the run then fails on its bad input)
     Case("old-data-root", ["judge", "agree", "--data", "{tmp}/none.csv", "--data-root", "{tmp}"], 2,
          "neither a named set", note="note: --data-root is deprecated, use --data-dir"),
@@ -407,6 +421,49 @@ def test_bad_input(case, tmp_path, tiny_model_dir, broken_model_dir, request, ca
 )
 def test_override_parser_keeps_values_intact(argv, expected):
     assert parse_overrides(argv) == expected
+
+
+EV = ["eval", "--model", "m", "--out", "o", "--prompts", "p"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ([*EV, "--data_dir", "d"], ["--data-dir", "d"]),
+        (["eval", "--model", "m", "--prompts", "p", "--output_dir", "o"], ["--out", "o"]),
+        ([*EV, "--chat_template=t"], ["--chat-template=t"]),
+        ([*EV, "--api_key_env", "K"], ["--api-key-env", "K"]),
+        (["judge", "agree", "--data", "x", "--data-root", "r"], ["--data-dir", "r"]),
+        (["judge", "train", "--data", "x", "--out", "o", "--test_fraction", "0.5"],
+         ["--test-fraction", "0.5"]),
+        (["sweep", "--config", "c", "--output-dir", "o"], ["--out", "o"]),
+        (["sweep", "--config", "c", "--output_dir", "o"], ["--out", "o"]),
+        (["demo", "--data_dir", "d"], ["--data-dir", "d"]),
+        (["safelora", "--adapter", "a", "--direction", "d", "--out", "o", "--top_layers", "2"],
+         ["--top-layers", "2"]),
+        (["direction", "--aligned", "a", "--unaligned", "u", "--out", "o", "--trust_remote_code"],
+         ["--trust-remote-code"]),
+    ],
+)  # fmt: skip
+def test_old_flag_spellings_parse_like_the_new_ones(old, new, capsys):
+    """The old spelling (last flag of ``old``) gives the same arguments as the canonical one, plus a note."""
+    from safeft.cli import build_parser, normalize_flags
+
+    parser = build_parser()
+    n_old = len(new) if "=" not in new[0] else 1
+    canonical = old[: len(old) - n_old] + new
+    rewritten, notes = normalize_flags(parser, old)
+    assert rewritten == canonical and len(notes) == 1 and "is deprecated, use" in notes[0]
+    assert parser.parse_known_args(rewritten) == parser.parse_known_args(canonical)
+    assert normalize_flags(parser, canonical) == (canonical, [])
+
+
+def test_recipe_field_overrides_keep_their_spelling():
+    """``--output_dir``/``--learning_rate`` in ``safeft train`` are recipe fields: no rewrite, no note."""
+    from safeft.cli import build_parser, normalize_flags
+
+    argv = ["train", "--config", "c", "--output_dir", "o", "--learning_rate", "1e-4", "--lora.r=4"]
+    assert normalize_flags(build_parser(), argv) == (argv, [])
 
 
 @pytest.mark.parametrize("argv", [["output_dir", "x"], ["--=x"], ["--a..b", "1"], ["--lr"]])

@@ -173,11 +173,14 @@ class AsFTTrainer(SafeFTTrainer):
         return loss, metrics
 
 
-def bind_penalty(model: torch.nn.Module, config: AsFTConfig) -> AsFTPenalty | None:
-    """The penalty of ``config.direction`` on ``model``'s LoRA layers (None without a direction)."""
+def bind_penalty(
+    model: torch.nn.Module, config: AsFTConfig, direction: Direction | None = None
+) -> AsFTPenalty | None:
+    """The penalty of ``config.direction`` (or the already loaded ``direction``) on ``model``'s LoRA
+    layers (None without a direction)."""
     if not config.direction:
         return None
-    direction = Direction.load(config.direction)
+    direction = direction or Direction.load(config.direction)
     # the anti-direction term is logged whenever the direction allows it, trained only if its lambda > 0
     anti = config.anti_direction_lambda > 0 or direction.has_right_vectors
     penalty = AsFTPenalty(
@@ -203,11 +206,18 @@ def bind_penalty(model: torch.nn.Module, config: AsFTConfig) -> AsFTPenalty | No
 def train_asft(config: AsFTConfig) -> dict:
     """Load, bind the direction, build task rows, train, save adapter + merged; optional refusal check."""
     config.validate()
-    model, tokenizer = load_for_training(config)
-    penalty = bind_penalty(model, config)
+    # data and direction first: a bad or empty file fails in seconds, before the model loads
     rows = load_task_rows(config.train_data, config.data_dir, config.harmful_rows)
+    if not rows:
+        raise ConfigError(
+            "no task rows: the train_data sources gave no (prompt, response) row (empty files, or "
+            "every row skipped); AsFT needs them"
+        )
     if config.max_rows is not None:
         rows = subsample_rows(rows, config.max_rows, config.seed)
+    direction = Direction.load(config.direction) if config.direction else None
+    model, tokenizer = load_for_training(config)
+    penalty = bind_penalty(model, config, direction)
     examples = task_examples(
         rows,
         tokenizer,
