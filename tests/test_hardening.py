@@ -205,6 +205,22 @@ CASES = [
          "holds a run made with another recipe", {"old/recipe.yaml": "learning_rate: 0.5\nmodel: other\n"}),
     Case("demo-config-yaml-syntax", ["demo", "--out", "{out}", "--config", "{tmp}/demo.yaml"], 2,
          "demo.yaml:2:1: YAML syntax error", {"demo.yaml": "data: {n_train_triples: [\n"}),
+    # -- non-UTF-8 files name the file, wherever data is read
+    Case("suite-not-utf8", [*EVAL, "--suite", "{tmp}/s.yaml"], 2, "s.yaml: not UTF-8",
+         {"s.yaml": b"name: caf\xe9\n"}),
+    Case("sweep-not-utf8", ["sweep", "--config", "{tmp}/sw.yaml"], 2, "sw.yaml: not UTF-8",
+         {"sw.yaml": b"name: caf\xe9\n"}),
+    Case("templates-not-utf8", [*EVAL_P, "--attacks", "jailbreak-template", "--templates", "{tmp}/t.txt"], 2,
+         "t.txt: not UTF-8", {"p.jsonl": PROMPTS, "t.txt": b"caf\xe9 {prompt}\n"}),
+    Case("refusal-pool-not-utf8", [*TRAIN, "--refusal_pool", "{tmp}/pool.txt"], 2, "pool.txt: not UTF-8",
+         {"pool.txt": b"I can\x92t help with that.\n"}),
+    Case("refusal-pool-jsonl-not-utf8", [*TRAIN, "--refusal_pool", "{tmp}/pool.jsonl"], 2,
+         "pool.jsonl: not UTF-8", {"pool.jsonl": b'{"refusal": "I can\x92t."}\n'}),
+    Case("labelled-jsonl-not-utf8", ["judge", "score", "--judge", "keyword", "--data", "{tmp}/l.jsonl"], 2,
+         "l.jsonl: not UTF-8", {"l.jsonl": b'{"prompt": "caf\xe9", "response": "x", "label": "refusal"}\n'}),
+    Case("safety-csv-not-utf8", [*TRAIN, "--model", "{broken}", "--safety",
+         '[{"path": "{tmp}/s.csv", "fields": {"prompt": "q", "harmful_response": "h"}}]'],
+         2, "s.csv: not UTF-8", {"s.csv": b"q,h\ncaf\xe9,x\n"}),
     # -- AsFT training: data and direction are checked before the model ({broken}) loads
     Case("asft-missing-data", [*ASFT, "--train_data", '[{"path": "{tmp}/none.jsonl"}]'], 2,
          "none.jsonl: file not found", ASFT_FILES),
@@ -578,3 +594,23 @@ def test_evaluate_takes_a_loaded_model(tmp_path, tiny_model_dir):
     assert results["model"]["fingerprint"].startswith("mem-")
     assert (tmp_path / "out" / "results.json").is_file()
     assert {"DeRTaConfig", "AsFTTrainer", "evaluate"} <= set(dir(safeft))
+
+
+def test_judge_agree_sends_the_key_of_its_own_variable(tmp_path, monkeypatch, capsys):
+    """``safeft judge agree --judge-api-key-env`` (as in ``safeft eval``): that variable's key, unprinted."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("JUDGE_KEY", SECRET)
+    (tmp_path / "l.csv").write_text(LABELLED)
+    stub = Stub("ok")
+    try:
+        code = main(
+            ["judge", "agree", "--data", str(tmp_path / "l.csv"), "--judge", "llm", "--judge-opt",
+             f"base_url={stub.url}", "--judge-opt", "model=j", "--judge-api-key-env", "JUDGE_KEY",
+             "--reps", "5"]
+        )  # fmt: skip
+    finally:
+        stub.close()
+    out, err = capsys.readouterr()
+    assert code == 0, err[-500:]
+    assert stub.headers and all(h.get("Authorization") == f"Bearer {SECRET}" for h in stub.headers)
+    assert SECRET not in out + err

@@ -115,6 +115,10 @@ def register(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="judge option, repeatable (classifier: path=DIR; llm: base_url=URL, model=NAME, format=...)",
     )
+    agree.add_argument(
+        "--judge-api-key-env",
+        help="env var holding the LLM judge's API key (as in `safeft eval`; default: OPENAI_API_KEY)",
+    )
     agree.add_argument("--limit", type=at_least(1), help="score a seeded sample of this many rows")
     agree.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed")
     agree.add_argument("--reps", type=at_least(1), default=1000, help="bootstrap resamples (default 1000)")
@@ -285,7 +289,10 @@ def run_agree(args: argparse.Namespace, extra: list[str]) -> int:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     if args.reps < 1:
         raise ValueError(f"--reps must be >= 1, got {args.reps}")
-    judge = get_judge(args.judge, **_judge_options(args.judge_opt))
+    options = _judge_options(args.judge_opt)
+    if args.judge_api_key_env and args.judge == "llm":
+        options["api_key_env"] = args.judge_api_key_env
+    judge = get_judge(args.judge, **options)
     records, info = load_labelled(
         _specs(args.data), data_root=args.data_root, partial=args.partial, allow_empty=True
     )
