@@ -119,9 +119,9 @@ def register(subparsers: Any) -> None:
         "--judge-api-key-env",
         help="env var holding the LLM judge's API key (as in `safeft eval`; default: OPENAI_API_KEY)",
     )
-    agree.add_argument("--limit", type=at_least(1), help="score a seeded sample of this many rows")
+    agree.add_argument("--limit", type=int, help="score a seeded sample of this many rows")
     agree.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed")
-    agree.add_argument("--reps", type=at_least(1), default=1000, help="bootstrap resamples (default 1000)")
+    agree.add_argument("--reps", type=int, default=1000, help="bootstrap resamples (default 1000)")
     agree.add_argument("--json", action="store_true", help="print the figures as JSON")
     agree.add_argument("--out", help="also write the figures (JSON) to this file")
     agree.set_defaults(handler=run_agree)
