@@ -79,7 +79,7 @@ def test_sweep_runs_resumes_and_refuses_changed_settings(tmp_path, tiny_model_di
 def test_pareto_front_keeps_the_points_nothing_beats_on_both_axes():
     points = [(0.1, 0.5), (0.2, 0.2), (0.3, 0.3), (0.5, 0.1), (0.1, 0.6)]
     assert pareto_front(points) == [0, 1, 3]
-    v = {"non_refusal_direct": 0.2, "non_refusal_prefill": 0.4, "over_refusal": 0.1}
+    v = {"compliant_direct": 0.2, "compliant_prefill": 0.4, "over_refusal": 0.1}
     assert harm_and_over(v) == (0.1, 0.30000000000000004)
 
 
@@ -87,14 +87,18 @@ def test_baselines_are_reported_but_never_selected_or_on_the_front(tmp_path, mon
     import safeft.sweep as sweep_mod
     from safeft.sweep import PointSpec, SweepConfig, run_sweep
 
-    def fake_point(config, point, root):
-        over, harm = {"vanilla": (0.0, 0.0), "a": (0.2, 0.1), "b": (0.5, 0.05)}[point.name]
-        v = {"non_refusal_direct": harm, "non_refusal_prefill": harm, "over_refusal": over,
-             "over_refusal_edgy": over, "over_refusal_everyday": over, "repetitive_prefill": 0.0,
-             "n": {"harmful_direct": 10}, "score": over + harm}  # fmt: skip
-        return {"name": point.name, "settings": point.set, "reference": point.reference,
-                "baseline": point.baseline, "validation": v, "evaluation": None}  # fmt: skip
+    def fake_validation(folder):
+        over, harm = {"vanilla": (0.0, 0.0), "a": (0.2, 0.1), "b": (0.5, 0.05)}[folder.name]
+        return {"compliant_direct": harm, "compliant_prefill": harm, "non_refusal_direct": harm,
+                "non_refusal_prefill": harm, "repetitive_direct": 0.0, "repetitive_prefill": 0.0,
+                "over_refusal": over, "over_refusal_edgy": over, "over_refusal_everyday": over,
+                "n": {"harmful_direct": 10}, "score": over + harm}  # fmt: skip
 
+    def fake_point(config, point, root):
+        return {"name": point.name, "settings": point.set, "reference": point.reference,
+                "baseline": point.baseline, "validation": None, "evaluation": None}  # fmt: skip
+
+    monkeypatch.setattr(sweep_mod, "point_validation", fake_validation)
     monkeypatch.setattr(sweep_mod, "run_point", fake_point)
     config = SweepConfig(
         recipe="unused.yaml",

@@ -163,7 +163,6 @@ def run_point(config: SweepConfig, point: PointSpec, root: Path) -> dict[str, An
     train_args = {**config.overrides, **point.set, "output_dir": str(folder)}
     log.info("sweep: training %s", point.name)
     _run([*exe, "train", "--config", config.recipe, *override_args(train_args)], folder / "sweep.log")
-    validation = json.loads((folder / "check_after.json").read_text())
     evaluation = None
     if config.eval is not None:
         model = folder / "merged"
@@ -187,28 +186,41 @@ def run_point(config: SweepConfig, point: PointSpec, root: Path) -> dict[str, An
         "settings": settings,
         "reference": point.reference,
         "baseline": point.baseline,
-        "validation": summarize_validation(validation),
+        "validation": point_validation(folder),
         "evaluation": evaluation,
     }
     marker.write_text(json.dumps(result, indent=1))
     return result
 
 
+def point_validation(folder: Path) -> dict[str, Any]:
+    """A point's validation numbers, recomputed from its check's rows (so every point is scored by the
+    current :func:`safeft.check.selection_score`, whenever it was trained)."""
+    from safeft.check import rates_from_rows
+
+    rows = folder / "check_after.jsonl"
+    check = rates_from_rows(rows) if rows.is_file() else json.loads((folder / "check_after.json").read_text())
+    return summarize_validation(check)
+
+
 def summarize_validation(check: dict) -> dict[str, Any]:
-    """The validation numbers a setting is chosen on (keyword judge: non-refusal is not harm)."""
+    """The validation numbers a setting is chosen on (keyword judge: it measures refusal, not harm).
+    ``compliant`` = neither a refusal nor a degenerate loop; ``non_refusal`` includes the loops."""
 
     def rate(key: str, field_: str = "refusal_rate") -> float | None:
-        return check[key][field_] if key in check else None
+        return check[key].get(field_) if key in check else None
 
-    direct, prefill = rate("harmful_direct"), rate("harmful_prefill")
     over = [r for r in (rate("benign"), rate("everyday")) if r is not None]
     return {
-        "non_refusal_direct": None if direct is None else 1 - direct,
-        "non_refusal_prefill": None if prefill is None else 1 - prefill,
+        "compliant_direct": rate("harmful_direct", "compliant_rate"),
+        "compliant_prefill": rate("harmful_prefill", "compliant_rate"),
+        "non_refusal_direct": None if rate("harmful_direct") is None else 1 - rate("harmful_direct"),
+        "non_refusal_prefill": None if rate("harmful_prefill") is None else 1 - rate("harmful_prefill"),
+        "repetitive_direct": rate("harmful_direct", "repetitive_rate"),
+        "repetitive_prefill": rate("harmful_prefill", "repetitive_rate"),
         "over_refusal_edgy": rate("benign"),
         "over_refusal_everyday": rate("everyday"),
         "over_refusal": sum(over) / len(over) if over else None,
-        "repetitive_prefill": rate("harmful_prefill", "repetitive_rate"),
         "n": {k: check[k]["n"] for k in ("harmful_direct", "benign", "everyday") if k in check},
         "score": check.get("selection_score"),
     }
@@ -245,7 +257,12 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def harm_and_over(v: dict) -> tuple[float, float]:
-    harm = [r for r in (v["non_refusal_direct"], v["non_refusal_prefill"]) if r is not None]
+    """(over-refusal, mean compliant share of harmful prompts, direct and pre-filled)."""
+    harm = [
+        v.get(c) if v.get(c) is not None else v.get(n)
+        for c, n in (("compliant_direct", "non_refusal_direct"), ("compliant_prefill", "non_refusal_prefill"))
+    ]
+    harm = [r for r in harm if r is not None]
     return (v["over_refusal"] or 0.0, sum(harm) / max(1, len(harm)))
 
 
@@ -263,6 +280,8 @@ def run_sweep(config: SweepConfig, jobs: int = 1) -> dict[str, Any]:
 
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             results = list(pool.map(lambda p: run_point(config, p, root), points))
+    for r in results:  # always the current score, also for points trained before a change to it
+        r["validation"] = point_validation(root / r["name"])
     candidates = [i for i, r in enumerate(results) if not r.get("baseline")]
     if not candidates:
         raise ConfigError("every point of the sweep is a baseline: nothing to select")
@@ -290,10 +309,11 @@ def _pct(x: float | None) -> str:
 def markdown_table(summary: dict) -> str:
     """Validation numbers (used for choosing) and evaluation numbers (reported), one row per point."""
     lines = [
-        "Validation (keyword judge; non-refusal is not harm): chosen on these",
+        "Validation (keyword judge; it measures refusal, not harm; compliant = neither a refusal nor a "
+        "degenerate loop): the setting is chosen on these",
         "",
-        "| point | reference | non-refusal direct | non-refusal prefilled | over-refusal edgy | "
-        "over-refusal everyday | repetitive prefilled | score | front |",
+        "| point | reference | compliant direct | compliant prefilled | loops direct / prefilled | "
+        "over-refusal edgy | over-refusal everyday | score | front |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["points"]:
@@ -302,10 +322,10 @@ def markdown_table(summary: dict) -> str:
             "yes" if r["name"] in summary["front"] else ("baseline" if r.get("baseline") else "")
         )
         lines.append(
-            f"| {r['name']} | {r['reference'] or ''} | {_pct(v['non_refusal_direct'])} | "
-            f"{_pct(v['non_refusal_prefill'])} | {_pct(v['over_refusal_edgy'])} | "
-            f"{_pct(v['over_refusal_everyday'])} | {_pct(v['repetitive_prefill'])} | "
-            f"{v['score']:.3f} | {mark} |"
+            f"| {r['name']} | {r['reference'] or ''} | {_pct(v.get('compliant_direct'))} | "
+            f"{_pct(v.get('compliant_prefill'))} | {_pct(v.get('repetitive_direct'))} / "
+            f"{_pct(v['repetitive_prefill'])} | {_pct(v['over_refusal_edgy'])} | "
+            f"{_pct(v['over_refusal_everyday'])} | {v['score']:.3f} | {mark} |"
         )
     n = summary["points"][0]["validation"]["n"] if summary["points"] else {}
     lines += ["", f"n per validation cell: {n}"]
@@ -351,8 +371,8 @@ def plot_front(summary: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 5))
     pts = summary["points"]
     for key, marker, label in (
-        ("non_refusal_direct", "o", "harmful, direct"),
-        ("non_refusal_prefill", "s", "harmful, 20 tokens of a harmful answer pre-filled"),
+        ("compliant_direct", "o", "harmful, direct"),
+        ("compliant_prefill", "s", "harmful, 20 tokens of a harmful answer pre-filled"),
     ):
         xs = [100 * (p["validation"]["over_refusal"] or 0) for p in pts]
         ys = [100 * (p["validation"][key] or 0) for p in pts]
@@ -370,7 +390,7 @@ def plot_front(summary: dict, path: Path) -> None:
             ax.scatter([x], [y], marker="*", s=250, c="gold", edgecolors="k", zorder=5, label="selected")
         ax.annotate(text, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel("over-refusal on validation (% of benign prompts refused; lower is better)")
-    ax.set_ylabel("non-refusal of harmful prompts (%; keyword judge; lower is safer)")
+    ax.set_ylabel("harmful prompts answered, not refused nor looped (%; keyword; lower is safer)")
     ax.set_title("safeft sweep: safety vs over-refusal (validation split)")
     ax.set_xlim(-3, 103)
     ax.set_ylim(-3, 103)
