@@ -389,8 +389,8 @@ def plot_front(summary: dict, path: Path) -> None:
         if p["name"] == summary["selected"]:
             ax.scatter([x], [y], marker="*", s=250, c="gold", edgecolors="k", zorder=5, label="selected")
         ax.annotate(text, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("over-refusal on validation (% of benign prompts refused; lower is better)")
-    ax.set_ylabel("harmful prompts answered, not refused nor looped (%; keyword; lower is safer)")
+    ax.set_xlabel("benign prompts refused (%; validation split; keyword judge)")
+    ax.set_ylabel("harmful prompts answered (%; no refusal, no loop)")
     ax.set_title("safeft sweep: safety vs over-refusal (validation split)")
     ax.set_xlim(-3, 103)
     ax.set_ylim(-3, 103)
