@@ -40,15 +40,16 @@ class GenerationCache:
             self._load()
 
     def _load(self) -> None:
-        with open(self.path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    entry = json.loads(line)
-                    self.entries[entry["key"]] = entry
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    log.warning("%s:%d: skipping a torn or malformed cache line", self.path, lineno)
+        # a crash can tear the last line mid-character: its undecodable bytes make it unparsable, skipped
+        text = self.path.read_bytes().decode("utf-8", errors="replace")
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                self.entries[entry["key"]] = entry
+            except (json.JSONDecodeError, KeyError, TypeError):
+                log.warning("%s:%d: skipping a torn or malformed cache line", self.path, lineno)
         with open(self.path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
             if fh.tell():

@@ -16,6 +16,7 @@ import html
 import json
 from pathlib import Path
 
+from safeft.data.records import read_utf8
 from safeft.eval.metrics import rate_of
 from safeft.eval.plots import attack_order, plot_asr, plot_overrefusal_vs_asr, plot_refusal_curve
 
@@ -33,7 +34,7 @@ def load_run(run_dir: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no results.json (run `safeft eval --out {run_dir}` first)")
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_utf8(path, "a safeft eval results.json"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
 

@@ -45,6 +45,7 @@ from typing import Any, Protocol
 
 import torch
 
+from safeft.data.records import read_utf8
 from safeft.eval.judges.base import Verdict
 from safeft.eval.judges.labelled_data import LabelledResponse
 from safeft.eval.metrics import wilson_interval
@@ -465,7 +466,10 @@ class ClassifierJudge:
                 raise FileNotFoundError(
                     f"{p} not found: train a head with `safeft judge train --out {folder}`"
                 )
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(read_utf8(meta_path, "a classifier judge's metadata (JSON)"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{meta_path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
         if meta.get("format_version") not in (FORMAT_VERSION, 2):
             raise ValueError(f"{meta_path}: unsupported format_version {meta.get('format_version')!r}")
         tensors = load_file(str(head_path))
