@@ -55,6 +55,8 @@ class AlignBudget:
     max_length: int = 160
     helpful_per_triple: float = 10.0  # helpful rows per safety triple (official data mix: ~20)
     rto_keep_ratio: float = 1.0  # official LoRA script: every position
+    loss_weighting: str = "weighted"  # L_MLE + rto_weight * L_RTO (token_mean loops "SorrySorry...")
+    rto_weight: float = 0.3
     save_steps: int = 20
 
 
