@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from safeft.commands.argtypes import at_least
+
 log = logging.getLogger(__name__)
 
 
@@ -38,24 +40,6 @@ ATTACK_NAMES = (
 
 def _csv(text: str | None) -> list[str] | None:
     return [s.strip() for s in text.split(",") if s.strip()] if text else None
-
-
-def _at_least(minimum: float, kind: type = int):
-    """An argparse ``type`` accepting numbers >= ``minimum`` (int) or > ``minimum`` (float)."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            expected = "an integer" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if (kind is int and value < minimum) or (kind is float and value <= minimum):
-            relation = ">=" if kind is int else ">"
-            raise argparse.ArgumentTypeError(f"must be {relation} {minimum:g}, got {text}")
-        return value
-
-    parse.__name__ = "int" if kind is int else "float"
-    return parse
 
 
 def _ks(text: str) -> list[int]:
@@ -105,7 +89,7 @@ def register(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="judge option, repeatable (classifier: path=HEAD_DIR; llm: base_url=URL, model=NAME)",
     )
-    p.add_argument("--limit", type=_at_least(1), help="prompts per set (seeded sample)")
+    p.add_argument("--limit", type=at_least(1), help="prompts per set (seeded sample)")
     p.add_argument("--seed", type=int, help="sampling seed (default: the suite's, else 0)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
@@ -113,8 +97,8 @@ def register(subparsers: Any) -> None:
         help=f"folder the suite's data paths are relative to (suite sets: {', '.join(PROMPT_SETS)})",
     )
     g = p.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", type=_at_least(1), help="tokens per answer (default: the suite's)")
-    g.add_argument("--batch-size", type=_at_least(1), help="prompts per batch (default: the suite's)")
+    g.add_argument("--max-new-tokens", type=at_least(1), help="tokens per answer (default: the suite's)")
+    g.add_argument("--batch-size", type=at_least(1), help="prompts per batch (default: the suite's)")
     g.add_argument(
         "--bf16", action="store_true", help="bf16 autocast (faster on CPUs with bf16; may change outputs)"
     )
@@ -133,15 +117,15 @@ def register(subparsers: Any) -> None:
         help="env var holding the LLM judge's API key (default: the judge's api_key_env option, "
         "else OPENAI_API_KEY)",
     )
-    e.add_argument("--concurrency", type=_at_least(1), default=4, help="requests in flight")
-    e.add_argument("--timeout", type=_at_least(0, float), default=60.0, help="seconds per request")
-    e.add_argument("--retries", type=_at_least(0), default=3, help="retries of a failed request")
+    e.add_argument("--concurrency", type=at_least(1), default=4, help="requests in flight")
+    e.add_argument("--timeout", type=at_least(0, float), default=60.0, help="seconds per request")
+    e.add_argument("--retries", type=at_least(0), default=3, help="retries of a failed request")
     a = p.add_argument_group("attack options")
     a.add_argument("--ks", type=_ks, help="prefill-harmful-k lengths, e.g. 0,5,10,20,40")
     a.add_argument("--opener", help="completion attack prefill when a prompt has no target")
     a.add_argument("--templates", help="jailbreak-template file ({prompt} placeholder)")
     a.add_argument("--cipher-scheme", choices=["caesar", "selfcipher"])
-    a.add_argument("--pair-iters", type=_at_least(1), help="PAIR rounds per prompt (default 3)")
+    a.add_argument("--pair-iters", type=at_least(1), help="PAIR rounds per prompt (default 3)")
     a.add_argument("--pair-attacker", help="PAIR attacker: local model name/dir (default: the target)")
     a.add_argument("--pair-attacker-endpoint", help="PAIR attacker: OpenAI-compatible base URL")
     a.add_argument("--pair-attacker-model", help="PAIR attacker: served model name at that endpoint")
