@@ -95,3 +95,17 @@ def test_empty_selection_gives_zero_loss_with_a_graph():
     out = derta_loss(model, b)
     assert float(out.loss) == 0.0 and out.loss.requires_grad
     out.loss.backward()
+
+
+def test_bf16_model_whose_forward_returns_fp32_outputs():
+    """accelerate's mixed precision wraps ``forward`` to return fp32 outputs (hidden states included)
+    while the LM head stays bf16: the sparse head must cast (this failed on an H200, 2026-11-26)."""
+    from accelerate.utils import convert_outputs_to_fp32
+
+    model = make_tiny_model(VOCAB).to(torch.bfloat16)
+    model.forward = convert_outputs_to_fp32(model.forward)
+    b = batch()
+    out = derta_loss(model, b)
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.model.layers[0].self_attn.q_proj.weight.grad is not None

@@ -73,7 +73,9 @@ def selected_logits(
     )
     hidden = out.hidden_states[-1][select]
     base = _unwrap(model)
-    logits = base.get_output_embeddings()(hidden).float()
+    head = base.get_output_embeddings()
+    # the final hidden states can be fp32 while the head is bf16 (norms kept in fp32, no autocast)
+    logits = head(hidden.to(head.weight.dtype)).float()
     softcap = getattr(getattr(base, "config", None), "final_logit_softcapping", None)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
