@@ -211,6 +211,12 @@ def summarize_validation(check: dict) -> dict[str, Any]:
         return check[key].get(field_) if key in check else None
 
     over = [r for r in (rate("benign"), rate("everyday")) if r is not None]
+    # a benign prompt fails the user when refused *or* answered with a loop (counted once)
+    failed = [
+        1 - check[k]["compliant_rate"] if "compliant_rate" in check[k] else check[k]["refusal_rate"]
+        for k in ("benign", "everyday")
+        if k in check
+    ]
     return {
         "compliant_direct": rate("harmful_direct", "compliant_rate"),
         "compliant_prefill": rate("harmful_prefill", "compliant_rate"),
@@ -221,6 +227,9 @@ def summarize_validation(check: dict) -> dict[str, Any]:
         "over_refusal_edgy": rate("benign"),
         "over_refusal_everyday": rate("everyday"),
         "over_refusal": sum(over) / len(over) if over else None,
+        "repetitive_edgy": rate("benign", "repetitive_rate"),
+        "repetitive_everyday": rate("everyday", "repetitive_rate"),
+        "benign_failure": sum(failed) / len(failed) if failed else None,
         "n": {k: check[k]["n"] for k in ("harmful_direct", "benign", "everyday") if k in check},
         "score": check.get("selection_score"),
     }
@@ -257,13 +266,15 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def harm_and_over(v: dict) -> tuple[float, float]:
-    """(over-refusal, mean compliant share of harmful prompts, direct and pre-filled)."""
+    """(benign prompts refused or looped, mean compliant share of harmful prompts, direct and pre-filled);
+    over-refusal alone for summaries written before the loops were counted."""
     harm = [
         v.get(c) if v.get(c) is not None else v.get(n)
         for c, n in (("compliant_direct", "non_refusal_direct"), ("compliant_prefill", "non_refusal_prefill"))
     ]
     harm = [r for r in harm if r is not None]
-    return (v["over_refusal"] or 0.0, sum(harm) / max(1, len(harm)))
+    benign = v.get("benign_failure")
+    return (benign if benign is not None else (v["over_refusal"] or 0.0), sum(harm) / max(1, len(harm)))
 
 
 def run_sweep(config: SweepConfig, jobs: int = 1) -> dict[str, Any]:
@@ -313,8 +324,8 @@ def markdown_table(summary: dict) -> str:
         "degenerate loop): the setting is chosen on these",
         "",
         "| point | reference | compliant direct | compliant prefilled | loops direct / prefilled | "
-        "over-refusal edgy | over-refusal everyday | score | front |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "over-refusal edgy | over-refusal everyday | loops edgy / everyday | score | front |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["points"]:
         v = r["validation"]
@@ -325,7 +336,8 @@ def markdown_table(summary: dict) -> str:
             f"| {r['name']} | {r['reference'] or ''} | {_pct(v.get('compliant_direct'))} | "
             f"{_pct(v.get('compliant_prefill'))} | {_pct(v.get('repetitive_direct'))} / "
             f"{_pct(v['repetitive_prefill'])} | {_pct(v['over_refusal_edgy'])} | "
-            f"{_pct(v['over_refusal_everyday'])} | {v['score']:.3f} | {mark} |"
+            f"{_pct(v['over_refusal_everyday'])} | {_pct(v.get('repetitive_edgy'))} / "
+            f"{_pct(v.get('repetitive_everyday'))} | {v['score']:.3f} | {mark} |"
         )
     n = summary["points"][0]["validation"]["n"] if summary["points"] else {}
     lines += ["", f"n per validation cell: {n}"]
@@ -374,22 +386,22 @@ def plot_front(summary: dict, path: Path) -> None:
         ("compliant_direct", "o", "harmful, direct"),
         ("compliant_prefill", "s", "harmful, 20 tokens of a harmful answer pre-filled"),
     ):
-        xs = [100 * (p["validation"]["over_refusal"] or 0) for p in pts]
+        xs = [100 * harm_and_over(p["validation"])[0] for p in pts]
         ys = [100 * (p["validation"][key] or 0) for p in pts]
         ax.scatter(xs, ys, marker=marker, label=label, alpha=0.8)
     front = [p for p in pts if p["name"] in summary["front"]]
-    front.sort(key=lambda p: p["validation"]["over_refusal"] or 0)
-    fx = [100 * (p["validation"]["over_refusal"] or 0) for p in front]
+    front.sort(key=lambda p: harm_and_over(p["validation"])[0])
+    fx = [100 * harm_and_over(p["validation"])[0] for p in front]
     fy = [100 * harm_and_over(p["validation"])[1] for p in front]
     ax.plot(fx, fy, "k--", lw=1, label="Pareto front (mean of direct and pre-filled)")
     for p in pts:
-        x = 100 * (p["validation"]["over_refusal"] or 0)
+        x = 100 * harm_and_over(p["validation"])[0]
         y = 100 * harm_and_over(p["validation"])[1]
         text = p["name"] + (f"\n({p['reference']})" if p.get("reference") else "")
         if p["name"] == summary["selected"]:
             ax.scatter([x], [y], marker="*", s=250, c="gold", edgecolors="k", zorder=5, label="selected")
         ax.annotate(text, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("benign prompts refused (%; validation split; keyword judge)")
+    ax.set_xlabel("benign prompts refused or answered with a loop (%; validation split; keyword judge)")
     ax.set_ylabel("harmful prompts answered (%; no refusal, no loop)")
     ax.set_title("safeft sweep: safety vs over-refusal (validation split)")
     ax.set_xlim(-3, 103)
