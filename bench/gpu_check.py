@@ -53,6 +53,19 @@ LLAMA3_8B = {
     "rope_theta": 500000.0,
     "tie_word_embeddings": False,
 }
+#: SmolLM2-135M-Instruct's configuration (the embedded default), for a random model of its shape when the
+#: GGUF file is not installed (it is 98 MB; timings depend on the shape, not on the weights)
+SMOLLM2_135M = {
+    "vocab_size": 49152,
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "max_position_embeddings": 8192,
+    "rope_theta": 100000.0,
+    "tie_word_embeddings": True,
+}
 TINY = {
     "vocab_size": 512,
     "hidden_size": 64,
@@ -260,11 +273,16 @@ def load_models(args, device, dtype) -> list[tuple[str, torch.nn.Module, int]]:
     """(name, model, refusal token id) per model of the check."""
     if args.tiny:
         return [("tiny-llama", random_llama(TINY, device, dtype), 7)]
-    from safeft.models import load_model_and_tokenizer
+    from safeft.models import ModelNotFoundError, embedded_gguf_path, load_model_and_tokenizer
 
-    small, tok = load_model_and_tokenizer("smollm2-135m-instruct", dtype)
-    refusal = tok("Sorry", add_special_tokens=False)["input_ids"][0]
-    models = [("smollm2-135m", small.to(device), refusal)]
+    try:
+        embedded_gguf_path("smollm2-135m-instruct")
+    except ModelNotFoundError:  # not installed: the same shape, random weights
+        models = [("smollm2-135m-shape (random init)", random_llama(SMOLLM2_135M, device, dtype), 1)]
+    else:
+        small, tok = load_model_and_tokenizer("smollm2-135m-instruct", dtype)
+        refusal = tok("Sorry", add_special_tokens=False)["input_ids"][0]
+        models = [("smollm2-135m", small.to(device), refusal)]
     models.append(("llama3-8b-shape", random_llama(LLAMA3_8B, device, dtype), 1))
     return models
 
