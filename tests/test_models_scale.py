@@ -108,7 +108,7 @@ def test_bf16_run_saves_merged_model_in_bf16(tmp_path, tiny_model_dir):
 def test_bf16_weights_with_bf16_mixed_precision_train(tmp_path, tiny_model_dir):
     """The GPU default (bf16 weights + the Trainer's bf16 autocast, whose forward returns fp32 outputs),
     here on the CPU: it failed in the sparse LM head on an H200 before the head cast its input."""
-    config, trainer = _train(tmp_path, tiny_model_dir, dtype="bf16", precision="bf16")
+    _, trainer = _train(tmp_path, tiny_model_dir, dtype="bf16", precision="bf16")
     assert trainer.args.bf16 and trainer.state.global_step == 1
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
 
