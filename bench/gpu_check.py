@@ -269,22 +269,24 @@ def card_peak(device: torch.device) -> tuple[str, float | None]:
     return name, next((v for k, v in PEAK_BF16.items() if k in name), None)
 
 
-def load_models(args, device, dtype) -> list[tuple[str, torch.nn.Module, int]]:
-    """(name, model, refusal token id) per model of the check."""
+def load_models(args, device, dtype):
+    """(name, model, refusal token id) per model of the check, built one at a time (a generator), so a
+    model's peak memory never includes the next one's weights."""
     if args.tiny:
-        return [("tiny-llama", random_llama(TINY, device, dtype), 7)]
+        yield "tiny-llama", random_llama(TINY, device, dtype), 7
+        return
     from safeft.models import ModelNotFoundError, embedded_gguf_path, load_model_and_tokenizer
 
     try:
         embedded_gguf_path("smollm2-135m-instruct")
     except ModelNotFoundError:  # not installed: the same shape, random weights
-        models = [("smollm2-135m-shape (random init)", random_llama(SMOLLM2_135M, device, dtype), 1)]
+        yield "smollm2-135m-shape (random init)", random_llama(SMOLLM2_135M, device, dtype), 1
     else:
         small, tok = load_model_and_tokenizer("smollm2-135m-instruct", dtype)
         refusal = tok("Sorry", add_special_tokens=False)["input_ids"][0]
-        models = [("smollm2-135m", small.to(device), refusal)]
-    models.append(("llama3-8b-shape", random_llama(LLAMA3_8B, device, dtype), 1))
-    return models
+        yield "smollm2-135m", small.to(device), refusal
+        del small
+    yield "llama3-8b-shape", random_llama(LLAMA3_8B, device, dtype), 1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -335,7 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
         entry["generate"] = generate_case(model, args, device)
         print(f"{name} generate: {json.dumps(entry['generate'])}", flush=True)
         report["models"][name] = entry
-        del model
+        del model  # freed before the generator builds the next model
         _reset_peak(device)
     out = Path(args.out or os.environ.get("OUT") or Path(__file__).parent / "results")
     out.mkdir(parents=True, exist_ok=True)
