@@ -283,3 +283,65 @@ def test_derta_table_cpu_suite_runs_on_the_tiny_model(tiny_model_dir, tmp_path):
     attacks = json.loads((out / "results.json").read_text())["attacks"]
     assert len(attacks) == 6 and attacks["autodan@advbench"]["cost"]["per_prompt"][0]["steps"] <= 1
     assert all(s["n_total"] == 1 for s in attacks.values())
+
+
+def test_llm_mutator_rewrites_are_used_and_bad_ones_fall_back(tiny):
+    """Children chosen for mutation go to the mutator; a rewrite that keeps ``{prompt}`` exactly once
+    replaces the child, any other falls back to the word-level synonym move."""
+    from safeft.eval.attacks.autodan import PLACEHOLDER
+
+    attack = AutoDANAttack(autodan_population=6, mutation=1.0, seed=0)
+    population = attack.initial_population(random.Random(0))
+    seen: list[str] = []
+
+    def mutator(texts: list[str]) -> list[str]:
+        seen.extend(texts)
+        # even: a valid paraphrase; odd: the marker lost (a chatty LLM reply)
+        return [f"REWRITTEN {i}: {t}" if i % 2 == 0 else "Sure! Here it is." for i, t in enumerate(texts)]
+
+    children = attack.evolve(population, [0.0] * 6, random.Random(1), mutator)[-len(seen) :]
+    assert seen and len(children) == len(seen)
+    for i, child in enumerate(children):
+        if i % 2 == 0:
+            assert child.startswith(f"REWRITTEN {i}: ")
+        else:
+            assert child != "Sure! Here it is." and child.count(PLACEHOLDER) == 1
+
+
+def test_llm_mutator_through_an_openai_compatible_endpoint(tiny, tmp_path, monkeypatch):
+    """The endpoint mutator end to end (stub server): the instruction is sent, rewrites come back into the
+    population; a rerun resumes from the stored population and sends nothing."""
+    import test_eval_openai
+
+    from safeft.eval.attacks.autodan import MUTATOR_INSTRUCTION
+    from safeft.eval.openai_backend import OpenAIChatGenerator
+
+    def paraphrase(messages: list[dict]) -> str:
+        text = messages[-1]["content"]
+        if not text.startswith(MUTATOR_INSTRUCTION):
+            return ""
+        return "Paraphrased. " + text[len(MUTATOR_INSTRUCTION) :]
+
+    monkeypatch.setattr(test_eval_openai, "canned_answer", paraphrase)
+    model, tok = tiny
+    suite = prompts_suite(str(_prompts(tmp_path)), attacks=["autodan"])
+
+    def run(stub) -> tuple[dict, int, dict]:
+        gen = HFGenerator(model, tok, GenerationConfig(max_new_tokens=3, batch_size=4))
+        runner = EvalRunner(suite, gen, ModelInfo("tiny", "fp"), KeywordJudge(), tmp_path / "o", seed=2)
+        mutator_gen = OpenAIChatGenerator(stub.url, "stub-model", GenerationConfig(max_new_tokens=64))
+        runner.autodan_mutator = (mutator_gen, "stub-mutator")  # what --autodan-mutator-endpoint sets
+        attack = AutoDANAttack(autodan_steps=2, autodan_population=4, mutation=1.0)
+        summary = run_autodan(runner, attack, suite.safety[0], [RECORD])
+        state = json.loads(attack.state_path(runner.out, RECORD).read_text())
+        return summary, len(stub.requests), state
+
+    with test_eval_openai.StubServer() as stub:
+        summary, sent, state = run(stub)
+        assert sent > 0
+        assert all(r["messages"][-1]["content"].startswith(MUTATOR_INSTRUCTION) for r in stub.requests)
+        assert any(p.startswith("Paraphrased. ") for p in state["population"])
+        assert summary["cost"]["per_prompt"][0]["steps"] <= 2
+    with test_eval_openai.StubServer() as stub:
+        _, sent_again, state_again = run(stub)
+    assert sent_again == 0 and state_again["population"] == state["population"]
