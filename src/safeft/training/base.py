@@ -8,11 +8,15 @@ implementing only ``compute_objective(model, inputs) -> (loss, metrics)``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import difflib
 import json
 import logging
 import math
 import os
 import shutil
+import types
+import typing
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +28,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from safeft.config import ConfigError, save_recipe, to_dict
+from safeft.config import ConfigError, convert_value, save_recipe, to_dict
 from safeft.data.chat import IGNORE, KIND_NONE, Example
 from safeft.models import (
     DEFAULT_MODEL,
@@ -42,54 +46,120 @@ log = logging.getLogger(__name__)
 class LoraSettings:
     """PEFT LoRA: ``dW = (alpha / r) B A`` on each module named in ``target_modules``."""
 
-    enabled: bool = True
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
+    enabled: bool = field(
+        default=True, metadata={"help": "train LoRA adapters (false: full fine-tuning of every weight)"}
+    )
+    r: int = field(default=8, metadata={"help": "LoRA rank"})
+    alpha: int = field(default=16, metadata={"help": "LoRA alpha; the update is scaled by alpha / r"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
     target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        metadata={"help": "module names (last part) that get adapters"},
     )
 
 
 @dataclass
 class TrainConfig:
-    """Fields common to every training recipe (TRL-style: one flat dataclass per method)."""
+    """Fields common to every training recipe (TRL-style: one flat dataclass per method). Any other
+    ``transformers.TrainingArguments`` goes in ``trainer:`` (checked when the recipe is read)."""
 
-    model: str = DEFAULT_MODEL
-    chat_template: str | None = None
-    system_prompt: str | None = None
-    trust_remote_code: bool = False
-    output_dir: str = "runs/train"
-    data_dir: str | None = None  # where named data sources look first, e.g. ../shared/data
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    learning_rate: float = 2e-4
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    warmup_ratio: float = 0.03
-    lr_scheduler_type: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    max_length: int = 512
-    precision: str = "auto"  # auto | bf16 | fp32 ; auto = bf16 on GPUs that have it, else fp32
-    group_by_length: bool = False  # False: random batches, as the official DeRTa trainers use
-    logging_steps: int = 5
-    save_steps: int = 50
-    save_total_limit: int = 2
-    seed: int = 42
-    resume: str = "auto"  # auto (newest checkpoint in output_dir, if any) | never | a checkpoint path
-    overwrite: bool = False  # start afresh in an output_dir that holds a run with another recipe
-    merge: bool = True
-    report_to: list[str] = field(default_factory=list)
-    dataloader_num_workers: int = 0
+    model: str = field(
+        default=DEFAULT_MODEL, metadata={"help": "model: safeft's name, a hub id or a local folder"}
+    )
+    chat_template: str | None = field(
+        default=None, metadata={"help": "Jinja chat template (text or file); None: the tokenizer's"}
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "system prompt of every training conversation"}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "let transformers run code from the model's repository"}
+    )
+    output_dir: str = field(
+        default="runs/train",
+        metadata={"help": "run folder: checkpoints/, adapter/, merged/, recipe.yaml, logs"},
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": "where named data sources look first, e.g. ../shared/data"}
+    )
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA adapters (see lora.*)"})
+    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate"})
+    num_train_epochs: float = field(
+        default=1.0, metadata={"help": "passes over the training rows (when max_steps is -1)"}
+    )
+    max_steps: int = field(
+        default=-1, metadata={"help": "optimizer steps to train; -1: num_train_epochs epochs"}
+    )
+    per_device_train_batch_size: int = field(
+        default=8, metadata={"help": "rows per micro-batch on each device"}
+    )
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    warmup_ratio: float = field(
+        default=0.03, metadata={"help": "linear warmup: share of the steps (< 1) or a number of steps"}
+    )
+    lr_scheduler_type: str = field(
+        default="cosine", metadata={"help": "transformers scheduler: cosine, linear, constant, ..."}
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "weight decay of the optimizer"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0: no clipping)"})
+    max_length: int = field(
+        default=512, metadata={"help": "tokens per training row (longer answers are cut)"}
+    )
+    precision: str = field(
+        default="auto", metadata={"help": "auto | bf16 | fp32 ; auto = bf16 on GPUs that have it, else fp32"}
+    )
+    group_by_length: bool = field(
+        default=False, metadata={"help": "batch rows of similar length (false: random, as official DeRTa)"}
+    )
+    logging_steps: int = field(default=5, metadata={"help": "log every N optimizer steps"})
+    save_steps: int = field(default=50, metadata={"help": "save a checkpoint every N optimizer steps"})
+    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept in output_dir/checkpoints"})
+    seed: int = field(default=42, metadata={"help": "seed of data order, LoRA init and sampling"})
+    resume: str = field(
+        default="auto",
+        metadata={"help": "auto (newest checkpoint in output_dir, if any) | never | a checkpoint path"},
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "start afresh in an output_dir that holds a run with another recipe"}
+    )
+    merge: bool = field(
+        default=True, metadata={"help": "also save merged/ (LoRA merged into the base weights)"}
+    )
+    report_to: list[str] = field(
+        default_factory=list, metadata={"help": "loggers: tensorboard, wandb, ... ([]: none)"}
+    )
+    dataloader_num_workers: int = field(
+        default=0, metadata={"help": "data loader processes (0: the main process)"}
+    )
     # Real-scale loading (see safeft.models.LoadOptions and the README's "Real scale" section).
-    dtype: str = "auto"  # weights: auto | bf16 | fp16 | fp32; auto = fp32 on CPU or without LoRA
-    device_map: str | None = None  # None: the Trainer places the model (one copy per process)
-    attn_implementation: str | None = None  # eager | sdpa | flash_attention_2 | ...
-    gradient_checkpointing: bool = False  # recompute activations in backward (less memory)
-    load_in_4bit: bool = False  # QLoRA: NF4 base weights (pip install 'safeft[qlora]', CUDA only)
-    revision: str | None = None  # hub ids: branch, tag or commit the weights are pinned to
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "weights: auto | bf16 | fp16 | fp32; auto = fp32 on CPU or without LoRA"},
+    )
+    device_map: str | None = field(
+        default=None, metadata={"help": "auto: split one model over the GPUs; None: the Trainer places it"}
+    )
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "eager | sdpa | flash_attention_2 | ..."}
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute activations in backward (less memory)"}
+    )
+    load_in_4bit: bool = field(
+        default=False, metadata={"help": "QLoRA: NF4 base weights (pip install 'safeft[qlora]', CUDA only)"}
+    )
+    revision: str | None = field(
+        default=None, metadata={"help": "hub ids: branch, tag or commit the weights are pinned to"}
+    )
+    trainer: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "more transformers.TrainingArguments, passed as given: optim, deepspeed, fsdp, ..."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        trainer_extras(self.trainer)  # names and types: a bad key fails while the recipe is read
 
     def load_options(self) -> LoadOptions:
         """How the model is loaded; ``dtype: auto`` means bf16/fp16 on a CUDA GPU for LoRA runs and fp32
@@ -117,6 +187,21 @@ class TrainConfig:
                 f"device_map {self.device_map!r} splits one model over devices; it does not mix with "
                 "multi-process training (torchrun / accelerate launch): leave device_map unset"
             )
+
+    def check_trainer(self) -> None:
+        """Build this recipe's ``TrainingArguments`` once when it has ``trainer:`` settings, so a value
+        transformers rejects fails before the model loads, as a ConfigError with transformers' message."""
+        if not self.trainer:
+            return
+        kwargs = training_arguments_kwargs(self)
+        try:
+            TrainingArguments(**kwargs)
+        except Exception as exc:  # whatever TrainingArguments raises on the settings it was given
+            hint = " (install the package it names)" if isinstance(exc, ImportError) else ""
+            raise ConfigError(
+                f"trainer ({', '.join(sorted(self.trainer))}): transformers.TrainingArguments rejects these "
+                f"settings: {type(exc).__name__}: {' '.join(str(exc).split())}{hint}"
+            ) from None
 
     def hf_lr_scheduler_type(self) -> str:
         """The ``lr_scheduler_type`` handed to ``TrainingArguments``. A method whose trainer builds its
@@ -148,6 +233,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         self.validate_loading()
+        self.check_trainer()
 
 
 def has_accelerator() -> bool:
@@ -307,7 +393,92 @@ _CHECKPOINTING = (
 )
 
 
+#: TrainingArguments keys a recipe sets through its own top-level fields (key -> the field to use); also
+#: names older transformers had, so that a recipe written for them gets the same answer
+OWNED_BY_FIELDS: dict[str, str] = {
+    **{
+        name: name
+        for name in (
+            *("output_dir", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size"),
+            *("gradient_accumulation_steps", "warmup_ratio", "lr_scheduler_type", "weight_decay"),
+            *("max_grad_norm", "logging_steps", "save_steps", "save_total_limit", "seed", "report_to"),
+            *("dataloader_num_workers", "group_by_length", "gradient_checkpointing"),
+        )
+    },
+    "warmup_steps": "warmup_ratio (a share of the steps below 1, a number of steps from 1)",
+    "bf16": "precision (auto | bf16 | fp32)",
+    "fp16": "dtype (fp16 weights train with fp16 mixed precision) and precision",
+    "activation_checkpointing": "gradient_checkpointing",
+    "train_sampling_strategy": "group_by_length",
+    "resume_from_checkpoint": "resume",
+    "overwrite_output_dir": "overwrite",
+}
+
+#: TrainingArguments keys safeft does not let a recipe set (key -> why)
+FIXED_BY_SAFEFT: dict[str, str] = {
+    "remove_unused_columns": "safeft's collator needs the columns the Trainer would drop (targets, kinds)",
+    "length_column_name": "safeft's rows keep their lengths in the 'length' column",
+    "hub_token": "a recipe is saved in output_dir/recipe.yaml; log in with `hf auth login` or set HF_TOKEN",
+}
+
+#: the two spellings of the gradient-checkpointing kwargs (transformers >= 5 renamed them)
+_CHECKPOINTING_KWARGS = ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")
+
+
+def training_argument_fields() -> dict[str, dataclasses.Field]:
+    """The ``TrainingArguments`` fields a caller may pass, by name."""
+    return {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def _check_trainer_key(key: Any, fields: dict[str, dataclasses.Field]) -> None:
+    """Refuse a ``trainer:`` key that TrainingArguments lacks, a top-level field sets, or safeft fixes."""
+    if not isinstance(key, str):
+        raise ConfigError(f"trainer: keys are TrainingArguments names, got {key!r}")
+    if key in OWNED_BY_FIELDS:
+        raise ConfigError(
+            f"trainer.{key}: the recipe sets it with its top-level field {OWNED_BY_FIELDS[key]}; "
+            "write that field at the top level (or override it with --FIELD VALUE), not under trainer"
+        )
+    if key in FIXED_BY_SAFEFT:
+        raise ConfigError(f"trainer.{key}: safeft sets it and it cannot be changed: {FIXED_BY_SAFEFT[key]}")
+    if key not in fields:
+        close = difflib.get_close_matches(key, list(fields) + list(OWNED_BY_FIELDS), n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else "see help(transformers.TrainingArguments)"
+        raise ConfigError(f"trainer.{key}: not a transformers.TrainingArguments field; {hint}")
+
+
+def _scalar(annotation: Any) -> bool:
+    """True for ``bool``/``int``/``float``/``str`` and their ``X | None``: types a value is converted to."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    args = typing.get_args(annotation) if union else (annotation,)
+    kinds = [a for a in args if a is not type(None)]
+    return len(kinds) == 1 and kinds[0] in (bool, int, float, str)
+
+
+def trainer_extras(trainer: dict[str, Any]) -> dict[str, Any]:
+    """A recipe's ``trainer:`` mapping as ``TrainingArguments`` keyword arguments: each key checked
+    (:func:`_check_trainer_key`), scalar values converted to the field's type (``--trainer.torch_compile
+    true``), the gradient-checkpointing kwargs under the name this transformers uses."""
+    fields = training_argument_fields()
+    if sum(k in trainer for k in _CHECKPOINTING_KWARGS) > 1:
+        raise ConfigError(f"trainer: give one of {' or '.join(_CHECKPOINTING_KWARGS)} (the same setting)")
+    extras: dict[str, Any] = {}
+    for key, value in trainer.items():
+        _check_trainer_key(key, fields)
+        annotation = fields[key].type
+        converted = convert_value(value, annotation, f"trainer.{key}") if _scalar(annotation) else value
+        extras[f"{_CHECKPOINTING}_kwargs" if key in _CHECKPOINTING_KWARGS else key] = converted
+    return extras
+
+
 def training_arguments(config: TrainConfig, **overrides: Any) -> TrainingArguments:
+    """The ``TrainingArguments`` of a recipe (:func:`training_arguments_kwargs`), ``overrides`` last."""
+    return TrainingArguments(**{**training_arguments_kwargs(config), **overrides})
+
+
+def training_arguments_kwargs(config: TrainConfig) -> dict[str, Any]:
+    """What the recipe's fields set, then its ``trainer:`` settings (which may replace safeft's choices
+    of save_strategy, ddp_find_unused_parameters, disable_tqdm, use_cpu and the checkpointing kwargs)."""
     kwargs: dict[str, Any] = {
         "output_dir": str(Path(config.output_dir) / "checkpoints"),
         "learning_rate": config.learning_rate,
@@ -340,8 +511,7 @@ def training_arguments(config: TrainConfig, **overrides: Any) -> TrainingArgumen
         # that CPU is the device; otherwise each rank would silently train alone.
         "use_cpu": not has_accelerator(),
     }
-    kwargs.update(overrides)
-    return TrainingArguments(**kwargs)
+    return {**kwargs, **trainer_extras(config.trainer)}
 
 
 def merge_adapter_into_base(config: TrainConfig, adapter_dir: str | Path) -> PreTrainedModel:
@@ -385,8 +555,12 @@ def check_output_dir(config: TrainConfig) -> None:
     except (yaml.YAMLError, UnicodeDecodeError):
         saved = {}
     current = yaml.safe_load(yaml.safe_dump(to_dict(config)))
+    # a field newer than the saved recipe (e.g. trainer) counts as unchanged while it has its default
+    default = yaml.safe_load(yaml.safe_dump(to_dict(type(config)())))
     differ = sorted(
-        k for k in set(saved) | set(current) if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k)
+        k
+        for k in set(saved) | set(current)
+        if k not in RESUMABLE_FIELDS and saved.get(k, default.get(k)) != current.get(k)
     )
     if not differ:
         return
