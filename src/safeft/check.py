@@ -245,10 +245,11 @@ def train_with_check(
     """``run_trainer`` framed by the validation check: the original weights (adapters off) are checked
     before training (``check.before``), the trained adapters after; the table is printed and saved as
     ``check.txt``. Prompts in ``train_prompts`` (normalised) never enter the check sets. With ``check.select:
-    best`` the adapter of the best validated checkpoint replaces the last one before saving. Only rank 0
-    checks."""
+    best`` the adapter of the best validated checkpoint replaces the last one before saving. In a
+    distributed run only rank 0 checks and writes the check files (on the trained model whole, gathered
+    first when sharded); the other ranks wait for it in ``run_trainer``."""
     from safeft.config import ConfigError
-    from safeft.training.base import original_weights, run_trainer
+    from safeft.training.base import original_weights, run_trainer, sharded_training
 
     out = Path(config.output_dir)
     cfg: CheckConfig = config.check
@@ -263,6 +264,12 @@ def train_with_check(
             raise ConfigError("check.select: best needs the check enabled (check.enabled: true)")
         if not config.lora.enabled:
             raise ConfigError("check.select: best keeps LoRA adapters; it needs lora.enabled: true")
+        if sharded_training(config):
+            raise ConfigError(
+                "check.select: best checks each saved checkpoint on rank 0 during training, which a model "
+                "sharded over the processes (FSDP, DeepSpeed ZeRO-3) cannot do; use check.select: last "
+                "(the check after training still runs) or train with DDP"
+            )
     if cfg.enabled and main:
         sets = load_check_sets(cfg, config.data_dir, train_prompts)
         if cfg.before:
@@ -271,20 +278,23 @@ def train_with_check(
         if cfg.select == "best":
             callbacks.append(BestCheckpointCallback(tokenizer, cfg, sets, out))
 
-    def after_train(trainer) -> None:
+    def after_train(trainer, trained) -> None:
+        """Rank 0, with the trained model whole (``trained``), before the other ranks go on."""
         nonlocal after
         if sets is None:
             return
         best = callbacks[0].best if callbacks else None
         if best is not None and best["step"] != trainer.state.global_step:
-            model_ = getattr(trainer.model, "module", trainer.model)
-            load_best_adapter(model_, out)
-            model_.save_pretrained(out / "adapter")
+            load_best_adapter(trained, out)
+            trained.save_pretrained(out / "adapter")
             log.info("validation: kept the adapter of step %d (score %.3f)", best["step"], best["score"])
-        after = run_check(trainer.model, tokenizer, cfg, sets, out / "check_after.jsonl")
+        after = run_check(trained, tokenizer, cfg, sets, out / "check_after.jsonl")
         if best is not None:
             after["selected_step"] = best["step"]
             out.joinpath("check_after.json").write_text(json.dumps(after, indent=1))
+        table = format_check(before, after)
+        (out / "check.txt").write_text(table + "\n")
+        print(table)
 
     run_trainer(
         config,
@@ -296,10 +306,6 @@ def train_with_check(
         callbacks=callbacks or None,
         **trainer_kwargs,
     )
-    if after:
-        table = format_check(before, after)
-        (out / "check.txt").write_text(table + "\n")
-        print(table)
     return before, after, sets
 
 

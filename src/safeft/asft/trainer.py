@@ -45,7 +45,7 @@ from safeft.check import CheckConfig, normalise, train_with_check
 from safeft.config import ConfigError
 from safeft.data.chat import KIND_MLE
 from safeft.data.sources import SourceConfig
-from safeft.training.base import LoraSettings, SafeFTTrainer, TrainConfig, load_for_training
+from safeft.training.base import LoraSettings, SafeFTTrainer, TrainConfig, load_for_training, sharded_training
 from safeft.training.token_loss import token_losses
 
 log = logging.getLogger(__name__)
@@ -232,9 +232,22 @@ def bind_penalty(
     return penalty
 
 
+def refuse_sharded_penalty(config: AsFTConfig) -> None:
+    """AsFT's penalty reads the LoRA weights outside the model's forward, where FSDP and ZeRO-3 hold
+    only a shard of them (under FSDP2 it fails with "aten.bmm.default got mixed torch.Tensor and
+    DTensor"): refuse such a launch before anything loads, on every rank."""
+    if config.direction and sharded_training(config):
+        raise ConfigError(
+            "AsFT with a direction cannot train a model sharded over the processes (FSDP, DeepSpeed "
+            "ZeRO-3): its penalty reads whole LoRA weights outside the forward; launch with DDP "
+            "(accelerate/ddp.yaml or torchrun) instead"
+        )
+
+
 def train_asft(config: AsFTConfig) -> dict:
     """Load, bind the direction, build task rows, train, save adapter + merged; optional refusal check."""
     config.validate()
+    refuse_sharded_penalty(config)
     # data and direction first: a bad or empty file fails in seconds, before the model loads
     rows = load_task_rows(config.train_data, config.data_dir, config.harmful_rows)
     if not rows:

@@ -336,10 +336,55 @@ def main_process_first() -> Iterator[None]:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         yield
         return
+    with distributed_state().main_process_first():
+        yield
+
+
+#: seconds a rank waits at a barrier for the others (transformers' ``ddp_timeout`` default): rank 0
+#: alone self-distils, checks and saves while the other ranks wait
+DDP_TIMEOUT_S = 1800
+
+
+def distributed_state() -> Any:
+    """accelerate's ``PartialState``. The first call sets up torchrun's process group (gloo on the CPU)
+    with :data:`DDP_TIMEOUT_S` as its timeout (torch's default for NCCL is 10 minutes, too short for a
+    self-distillation on rank 0); later calls, the Trainer's included, share that group."""
+    from datetime import timedelta
+
     from accelerate import PartialState
 
-    with PartialState(cpu=not has_accelerator()).main_process_first():
-        yield
+    return PartialState(cpu=not has_accelerator(), timeout=timedelta(seconds=DDP_TIMEOUT_S))
+
+
+def wait_for_everyone() -> None:
+    """A barrier over the processes of a distributed run (a no-op in a single process): the ranks that
+    are done wait there until rank 0 has written the run's files."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        distributed_state().wait_for_everyone()
+
+
+def _zero_stage(deepspeed: Any) -> int | None:
+    """The ZeRO stage of a DeepSpeed config (a dict or a JSON file's path); None when it names none."""
+    if isinstance(deepspeed, (str, os.PathLike)) and Path(deepspeed).is_file():
+        try:
+            deepspeed = json.loads(Path(deepspeed).read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return None
+    stage = deepspeed.get("zero_optimization", {}).get("stage") if isinstance(deepspeed, dict) else None
+    return stage if isinstance(stage, int) else None
+
+
+def sharded_training(config: TrainConfig) -> bool:
+    """Whether this run will shard the model over its processes: ``accelerate launch`` with FSDP or
+    DeepSpeed ZeRO-3, or the recipe's ``trainer:`` with ``fsdp`` or a ZeRO-3 ``deepspeed`` config.
+    accelerate shards only on accelerators (on the CPU such a run trains with DDP)."""
+    env, extras = os.environ, getattr(config, "trainer", None) or {}
+    fsdp = env.get("ACCELERATE_USE_FSDP", "false").lower() == "true" or bool(extras.get("fsdp"))
+    launched_zero3 = env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and (
+        env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
+        or _zero_stage(env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")) == 3
+    )
+    return has_accelerator() and (fsdp or launched_zero3 or _zero_stage(extras.get("deepspeed")) == 3)
 
 
 def load_for_training(config: TrainConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -596,17 +641,101 @@ def examples_dataset(examples: list[Example]) -> datasets.Dataset:
     return datasets.Dataset.from_list([e.as_features() for e in examples])
 
 
+def gathered_weights(model: torch.nn.Module, accelerator: Any = None) -> dict[str, torch.Tensor]:
+    """The full (unsharded) trainable weights of a model sharded by FSDP 1/2 or DeepSpeed ZeRO-3, on the
+    CPU of rank 0 (an empty dict on the other ranks). A collective: every rank must call it. FSDP goes
+    through ``torch.distributed.checkpoint`` (frozen base weights are not gathered: a LoRA run moves only
+    its adapters); ZeRO-3 through ``accelerator.get_state_dict`` (``zero3_save_16bit_model: true``)."""
+    if any(hasattr(p, "ds_id") for p in model.parameters()):
+        trainable = {n.removeprefix("module.") for n, p in model.named_parameters() if p.requires_grad}
+        state = accelerator.get_state_dict(model)
+        return {k: v for k, v in state.items() if k in trainable}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    return get_model_state_dict(model, options=options)
+
+
+def rebuilt_model(config: TrainConfig, weights: dict[str, torch.Tensor]) -> PreTrainedModel:
+    """An unsharded copy of a trained model on the CPU: the base re-loaded in the training dtype
+    (unquantised), LoRA added as for training, then ``weights`` (:func:`gathered_weights`) loaded in.
+    Fails when a gathered name is not in the copy or a trainable weight of the copy was not gathered."""
+    options = config.load_options()
+    plain = LoadOptions(options.dtype, None, options.attn_implementation, load_in_4bit=False)
+    model, _ = load_model_and_tokenizer(
+        config.model,
+        chat_template=config.chat_template,
+        trust_remote_code=config.trust_remote_code,
+        options=plain,
+        revision=config.revision,
+    )
+    if config.lora.enabled:
+        model = add_lora(model, config.lora)
+    result = model.load_state_dict(weights, strict=False)
+    absent = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
+    if result.unexpected_keys or absent:
+        raise RuntimeError(
+            f"the gathered weights do not fit a re-loaded {config.model}: names it lacks "
+            f"{result.unexpected_keys[:3]}, trainable weights not gathered {absent[:3]}"
+        )
+    return model
+
+
+def trained_model(trainer: SafeFTTrainer, config: TrainConfig) -> PreTrainedModel | None:
+    """The trained model, whole and unwrapped, on the main process; None on the others. Every rank must
+    call it: a sharded model (FSDP, ZeRO-3) is gathered (:func:`gathered_weights`, a collective) and rank
+    0 rebuilds an unsharded copy (:func:`rebuilt_model`) to check, save and merge."""
+    from safeft.training.token_loss import is_sharded
+
+    if not is_sharded(trainer.model_wrapped) and not is_sharded(trainer.model):
+        return getattr(trainer.model, "module", trainer.model) if trainer.is_world_process_zero() else None
+    weights = gathered_weights(trainer.model_wrapped, trainer.accelerator)
+    if not trainer.is_world_process_zero():
+        return None
+    log.info("rebuilding the trained model on rank 0 from %d gathered weights", len(weights))
+    return rebuilt_model(config, weights)
+
+
+def save_run(
+    config: TrainConfig,
+    trainer: SafeFTTrainer,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    after_train: Callable[[SafeFTTrainer, PreTrainedModel], None] | None,
+) -> None:
+    """Main process only: ``train_log.json``, ``adapter/`` (LoRA), ``after_train(trainer, model)``, then
+    ``merged/`` (LoRA merged in, or the fully fine-tuned weights)."""
+    out = Path(config.output_dir)
+    (out / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    is_lora = hasattr(model, "peft_config")
+    if is_lora:
+        model.save_pretrained(out / "adapter")
+        tokenizer.save_pretrained(out / "adapter")
+    if after_train is not None:
+        after_train(trainer, model)
+    if not is_lora:
+        save_model(model, tokenizer, out / "merged")
+    elif config.merge and config.load_in_4bit:
+        save_model(merge_adapter_into_base(config, out / "adapter"), tokenizer, out / "merged")
+    elif config.merge:
+        save_model(model.merge_and_unload(), tokenizer, out / "merged")
+    log.info("saved to %s", out)
+
+
 def run_trainer(
     config: TrainConfig,
     trainer_cls: type[SafeFTTrainer],
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     examples: list[Example],
-    after_train: Callable[[SafeFTTrainer], None] | None = None,
+    after_train: Callable[[SafeFTTrainer, PreTrainedModel], None] | None = None,
     **trainer_kwargs: Any,
 ) -> SafeFTTrainer:
-    """Train (resuming if a checkpoint exists), save the adapter, call ``after_train(trainer)`` on the
-    main process (e.g. a quick evaluation while adapters are still separate), then save the merged model."""
+    """Train (resuming if a checkpoint exists), then on the main process save the adapter, call
+    ``after_train(trainer, model)`` with the trained model whole and unwrapped (e.g. a quick evaluation
+    while adapters are still separate) and save the merged model (:func:`save_run`). In a distributed
+    run a sharded model is first gathered (:func:`trained_model`), and every rank returns only once
+    rank 0 has saved."""
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     trainer = trainer_cls(
@@ -620,20 +749,8 @@ def run_trainer(
     if trainer.is_world_process_zero():
         save_recipe(config, out / "recipe.yaml")
     trainer.train(resume_from_checkpoint=resume_checkpoint(config))
-    if trainer.is_world_process_zero():
-        (out / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-        model = getattr(trainer.model, "module", trainer.model)
-        is_lora = hasattr(model, "peft_config")
-        if is_lora:
-            model.save_pretrained(out / "adapter")
-            tokenizer.save_pretrained(out / "adapter")
-        if after_train is not None:
-            after_train(trainer)
-        if not is_lora:
-            save_model(model, tokenizer, out / "merged")
-        elif config.merge and config.load_in_4bit:
-            save_model(merge_adapter_into_base(config, out / "adapter"), tokenizer, out / "merged")
-        elif config.merge:
-            save_model(model.merge_and_unload(), tokenizer, out / "merged")
-        log.info("saved to %s", out)
+    trained = trained_model(trainer, config)
+    if trained is not None:
+        save_run(config, trainer, trained, tokenizer, after_train)
+    trainer.accelerator.wait_for_everyone()
     return trainer

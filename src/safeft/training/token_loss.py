@@ -29,21 +29,30 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def is_sharded(model: torch.nn.Module) -> bool:
-    """Whether ``model`` holds its parameters sharded over processes (FSDP 1 or 2, DeepSpeed ZeRO-3).
-
-    Cached per model object (walking the modules of an 8B model every step would cost milliseconds).
-    """
-    if model in _SHARDED:
-        return _SHARDED[model]
+def _sharded_module(module: torch.nn.Module) -> bool:
+    """Whether ``module`` itself is an FSDP 1 wrapper or an FSDP 2 (``fully_shard``) module."""
     import torch.distributed.fsdp as fsdp
 
     fsdp2 = getattr(fsdp, "FSDPModule", ())  # torch >= 2.6
-    sharded = any(
-        type(m).__name__ == "FullyShardedDataParallel" or isinstance(m, fsdp2) for m in model.modules()
-    ) or any(hasattr(p, "ds_id") for p in model.parameters())  # ZeRO-3 tags its partitioned params
-    _SHARDED[model] = sharded
-    return sharded
+    return type(module).__name__ == "FullyShardedDataParallel" or isinstance(module, fsdp2)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether ``model`` holds its parameters sharded over processes (FSDP 1 or 2, DeepSpeed ZeRO-3).
+
+    The model itself and its first parameter are looked at on every call: ``fully_shard`` shards a
+    model in place (accelerate always shards the root), so the same object can be whole at one call and
+    sharded at the next. The walk over all modules and parameters, for wrappers nested deeper, is cached
+    per model object (walking an 8B model every step would cost milliseconds).
+    """
+    first = next(model.parameters(), None)
+    if _sharded_module(model) or (first is not None and hasattr(first, "ds_id")):
+        return True  # ZeRO-3 tags its partitioned params with ds_id
+    if model not in _SHARDED:
+        _SHARDED[model] = any(_sharded_module(m) for m in model.modules()) or any(
+            hasattr(p, "ds_id") for p in model.parameters()
+        )
+    return _SHARDED[model]
 
 
 def selected_logits(
