@@ -40,8 +40,6 @@ RANK0_FILES = [
     "check_after.jsonl",
     "check.txt",
 ]
-#: written by every rank (same content): train_derta's data_stats.json is not rank-0-only yet
-EVERY_RANK_FILES = {"data_stats.json"}
 CHECK_GROUPS = {"harmful_direct", "harmful_prefill", "benign", "everyday"}
 
 
@@ -83,12 +81,12 @@ def assert_same_trained_weights(report: Path) -> dict[str, torch.Tensor]:
 
 
 def assert_rank0_outputs(run: Path, reports: list[dict]) -> None:
-    """Rank 0 wrote each run file once; rank 1 wrote none (Trainer checkpoints and EVERY_RANK_FILES
-    aside) and returned after rank 0's last file before the barrier (merged/) was written."""
+    """Rank 0 wrote each run file once; rank 1 wrote none (Trainer checkpoints aside) and returned after
+    rank 0's files were written."""
     writes0, writes1 = relative_writes(reports[0], run), relative_writes(reports[1], run)
     for name in RANK0_FILES:
         assert writes0.count(name) == 1, (name, writes0)
-    stray = [w for w in writes1 if not w.startswith("checkpoints/") and w not in EVERY_RANK_FILES]
+    stray = [w for w in writes1 if not w.startswith("checkpoints/")]
     assert stray == [], f"rank 1 wrote run files: {stray}"
     for name in ("merged/model.safetensors", "check.txt", "check_after.json"):
         assert reports[1]["returned_at"] >= (run / name).stat().st_mtime, f"rank 1 left before {name}"
@@ -195,7 +193,9 @@ def test_derta_ddp_two_ranks_end_to_end(tmp_path, talking_model_dir):
     split = json.loads((run / "split.json").read_text())
     assert sum(o.startswith("self_distill:") for o in split["train_helpful"]) == 3
     assert len(split["check_harmful"]) == 3 and len(split["check_benign"]) == 3
-    assert relative_writes(reports[0], run).count("split.json") == 1
+    for name in ("split.json", "data_stats.json"):
+        assert relative_writes(reports[0], run).count(name) == 1
+        assert reports[1]["returned_at"] >= (run / name).stat().st_mtime, f"rank 1 left before {name}"
     assert_rank0_outputs(run, reports)
     assert_check_complete(run)
     assert_saved_models(run, talking_model_dir, trained)

@@ -22,7 +22,7 @@ from safeft.data.refusals import RefusalPool
 from safeft.data.sources import SourceConfig, load_helpful_pairs, load_prompts, load_safety_triples
 from safeft.derta.features import build_derta_examples
 from safeft.derta.loss import derta_loss
-from safeft.training.base import SafeFTTrainer, TrainConfig, load_for_training
+from safeft.training.base import SafeFTTrainer, TrainConfig, load_for_training, wait_for_everyone
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,8 @@ def train_derta(config: DeRTaConfig) -> dict:
     )
     log.info("DeRTa rows: %s", stats.as_dict())
     out.mkdir(parents=True, exist_ok=True)
-    (out / "data_stats.json").write_text(json.dumps(stats.as_dict(), indent=1))
+    if int(os.environ.get("RANK", "0")) == 0:
+        (out / "data_stats.json").write_text(json.dumps(stats.as_dict(), indent=1))
 
     before, after, check_sets = train_with_check(
         config, DeRTaTrainer, model, tokenizer, examples, train_prompts, derta_config=config
@@ -244,4 +245,5 @@ def train_derta(config: DeRTaConfig) -> dict:
         split["check_everyday"] = [pid for pid, _ in check_sets.everyday]
     if int(os.environ.get("RANK", "0")) == 0:
         (out / "split.json").write_text(json.dumps(split, indent=1))
+    wait_for_everyone()  # the other ranks return once rank 0 has written every file
     return {"before": before, "after": after, "data": stats.as_dict()}
