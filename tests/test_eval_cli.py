@@ -293,3 +293,21 @@ def test_embedded_model_prefill_attack_is_at_least_as_strong_as_direct(tmp_path)
         g["conversation"]["prefill"] for g in lines(out / "generations.jsonl") if g["attack"] == "completion"
     }
     assert all(p.startswith("Sure, here is") for p in prefills) and len(prefills) == 6
+
+
+def test_every_shipped_suite_loads_and_its_files_exist():
+    """Every suites/*.yaml parses, and every file it names exists (with ../shared/data beside the repo)."""
+    from pathlib import Path
+
+    from safeft.eval.suite import load_suite
+
+    from conftest import shared_file
+
+    shared_file("derta/safety_codeattack.json")
+    suites = sorted((Path(__file__).resolve().parents[1] / "suites").glob("*.yaml"))
+    assert len(suites) >= 7
+    for path in suites:
+        suite = load_suite(path)
+        for spec in [*suite.safety, *suite.over_refusal]:
+            if spec.path:
+                assert suite.resolve(spec.path).is_file(), (path.name, spec.path)
