@@ -313,8 +313,16 @@ def run_sweep(config: SweepConfig, jobs: int = 1) -> dict[str, Any]:
     return summary
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.0f}%"
+def _pct(x: float | None, n: int | None = None) -> str:
+    """``47%``, or with ``n`` the 95% Wilson interval too: ``47% [30-64]``."""
+    if x is None:
+        return "-"
+    if not n:
+        return f"{100 * x:.0f}%"
+    from safeft.eval.metrics import wilson_interval
+
+    low, high = wilson_interval(round(x * n), n)
+    return f"{100 * x:.0f}% [{100 * low:.0f}-{100 * high:.0f}]"
 
 
 def markdown_table(summary: dict) -> str:
@@ -332,15 +340,17 @@ def markdown_table(summary: dict) -> str:
         mark = ("**selected** " if r["name"] == summary["selected"] else "") + (
             "yes" if r["name"] in summary["front"] else ("baseline" if r.get("baseline") else "")
         )
+        n = v.get("n", {})
+        harmful, edgy, everyday = n.get("harmful_direct"), n.get("benign"), n.get("everyday")
         lines.append(
-            f"| {r['name']} | {r['reference'] or ''} | {_pct(v.get('compliant_direct'))} | "
-            f"{_pct(v.get('compliant_prefill'))} | {_pct(v.get('repetitive_direct'))} / "
-            f"{_pct(v['repetitive_prefill'])} | {_pct(v['over_refusal_edgy'])} | "
-            f"{_pct(v['over_refusal_everyday'])} | {_pct(v.get('repetitive_edgy'))} / "
+            f"| {r['name']} | {r['reference'] or ''} | {_pct(v.get('compliant_direct'), harmful)} | "
+            f"{_pct(v.get('compliant_prefill'), harmful)} | {_pct(v.get('repetitive_direct'))} / "
+            f"{_pct(v['repetitive_prefill'])} | {_pct(v['over_refusal_edgy'], edgy)} | "
+            f"{_pct(v['over_refusal_everyday'], everyday)} | {_pct(v.get('repetitive_edgy'))} / "
             f"{_pct(v.get('repetitive_everyday'))} | {v['score']:.3f} | {mark} |"
         )
     n = summary["points"][0]["validation"]["n"] if summary["points"] else {}
-    lines += ["", f"n per validation cell: {n}"]
+    lines += ["", f"n per validation cell: {n}; 95% Wilson intervals in brackets"]
     evals = [r for r in summary["points"] if r.get("evaluation")]
     if evals:
         cols = sorted({k for r in evals for k in r["evaluation"]["attacks"]})
