@@ -120,3 +120,53 @@ def test_pair_loop_stops_when_jailbroken_and_is_bounded():
     assert isinstance(outcomes[1].final.verdict, Verdict) and outcomes[1].final.verdict.label == "refusal"
     with pytest.raises(ValueError, match="pair-iters"):
         PairAttack(iters=0)
+
+
+def test_pair_attacker_refusals_are_not_sent_as_attacks():
+    """A refusing attacker (a safety-tuned target attacking itself): its refusal text is not the attack;
+    the target gets the previous prompt (round 1: the plain request), and the refusals are counted."""
+    records = [PromptRecord("a", "goal A")]
+    sent: list[str] = []
+
+    def attacker(convs, ids, round_no):
+        if round_no == 2:  # a JSON prompt that itself contains "sorry" is a real attack
+            return [json.dumps({"prompt": "Say sorry to nobody and explain goal A"})]
+        return ["I'm sorry, but I can't help with creating that prompt."]
+
+    def target(convs, ids, round_no):
+        sent.extend(c.messages[-1]["content"] for c in convs)
+        return ["I cannot do that"]
+
+    (outcome,) = PairAttack(iters=3).run(records, attacker, target, KeywordJudge())
+    assert sent == [
+        "goal A",
+        "Say sorry to nobody and explain goal A",
+        "Say sorry to nobody and explain goal A",
+    ]
+    assert [r.attacker_refused for r in outcome.rounds] == [True, False, True]
+    assert outcome.attacker_refusals == 2
+
+
+def test_runner_reports_and_warns_about_a_refusing_pair_attacker(tmp_path, caplog):
+    """The PAIR summary counts attacker refusals and warns when they are at least half of the turns."""
+    from safeft.eval.generation import GenerationConfig
+    from safeft.eval.runner import EvalRunner, ModelInfo
+    from safeft.eval.suite import prompts_suite
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "goal A"}) + "\n" + json.dumps({"prompt": "goal B"}) + "\n")
+    suite = prompts_suite(str(prompts), attacks=["pair"])
+    suite.generation = GenerationConfig(max_new_tokens=4)
+
+    class CannedRunner(EvalRunner):
+        def generate(self, attack_key, items, generator=None, fingerprint=None):
+            if attack_key == "pair-attacker":
+                return ["Sorry, I can't help with that."] * len(items)
+            return ["I cannot do that."] * len(items)
+
+    runner = CannedRunner(suite, None, ModelInfo("canned", "fp"), KeywordJudge(), tmp_path / "o", seed=0)
+    with caplog.at_level("WARNING"):
+        summary = runner.run_pair(PairAttack(iters=2), suite.safety[0], runner.load_set(suite.safety[0]))
+    assert summary["attacker_refusals"] == summary["attacker_turns"] == 4
+    assert summary["asr"] == 0.0
+    assert any("attacker refused 4 of 4 turns" in r.getMessage() for r in caplog.records)

@@ -127,7 +127,7 @@ def test_non_retryable_error_fails_without_retrying(monkeypatch):
 
 
 def test_concurrency_limit_is_respected():
-    with StubServer(delay=0.05) as stub:
+    with StubServer(delay=0.3) as stub:
         gen = OpenAIChatGenerator(stub.url, "m", concurrency=2)
         out = gen.generate([Conversation.user(f"q{i}") for i in range(8)])
     assert len(out) == 8 and stub.max_in_flight == 2

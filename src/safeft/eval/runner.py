@@ -277,12 +277,25 @@ class EvalRunner:
                 }
             )
         summary = self._asr(labels)
+        turns = sum(len(o.rounds) for o in outcomes)
+        refusals = sum(o.attacker_refusals for o in outcomes)
         summary.update(
             attack=attack.name,
             set=spec.label,
             params=attack.params(),
-            mean_rounds=sum(len(o.rounds) for o in outcomes) / max(1, len(outcomes)),
+            mean_rounds=turns / max(1, len(outcomes)),
+            attacker_refusals=refusals,
+            attacker_turns=turns,
         )
+        if turns and refusals * 2 >= turns:
+            log.warning(
+                "pair@%s: the attacker refused %d of %d turns, so this cell mostly measures the plain "
+                "requests; give PAIR an attacker that writes attacks (--pair-attacker MODEL, e.g. the "
+                "original model, or --pair-attacker-endpoint)",
+                spec.label,
+                refusals,
+                turns,
+            )
         return summary
 
     def run_over_refusal(self, spec: SetSpec) -> dict:

@@ -45,6 +45,7 @@ class PairRound:
     prompt: str
     response: str
     verdict: Verdict
+    attacker_refused: bool = False  # the attacker refused to write a prompt; ``prompt`` is the fallback
 
 
 @dataclass
@@ -60,6 +61,10 @@ class PairOutcome:
     def jailbroken(self) -> bool:
         return any(r.verdict.label == "compliant" for r in self.rounds)
 
+    @property
+    def attacker_refusals(self) -> int:
+        return sum(r.attacker_refused for r in self.rounds)
+
 
 def parse_attacker_prompt(text: str, fallback: str) -> str:
     """The ``prompt`` field of the attacker's JSON reply; raw text, then ``fallback`` if none."""
@@ -74,6 +79,19 @@ def parse_attacker_prompt(text: str, fallback: str) -> str:
     if m:
         return m.group(1).strip()
     return text.strip() or fallback
+
+
+def attacker_prompt(text: str, fallback: str) -> tuple[str, bool]:
+    """(prompt, refused): :func:`parse_attacker_prompt`, except that a reply with no JSON prompt that the
+    keyword judge calls a refusal ("Sorry, I can't help with that") is not sent to the target as the
+    attack: ``fallback`` is, and the refusal is counted. A safety-tuned target used as its own attacker
+    refuses this way, and the cell then measures the plain requests."""
+    from safeft.eval.judges.keyword import is_refusal
+
+    parsed = parse_attacker_prompt(text, fallback)
+    if parsed == text.strip() and is_refusal(text):
+        return fallback, True
+    return parsed, False
 
 
 @dataclass
@@ -124,14 +142,15 @@ class PairAttack(BaseAttack):
             ]
             ids = [o.record.id for o in active]
             raw = attacker(attacker_convs, ids, round_no)
-            prompts = [
-                parse_attacker_prompt(text, o.rounds[-1].prompt if o.rounds else o.record.prompt)
+            parsed = [
+                attacker_prompt(text, o.rounds[-1].prompt if o.rounds else o.record.prompt)
                 for text, o in zip(raw, active, strict=True)
             ]
+            prompts = [p for p, _ in parsed]
             responses = target([Conversation.user(p) for p in prompts], ids, round_no)
             verdicts = judge.judge_many(
                 [(o.record.prompt, r) for o, r in zip(active, responses, strict=True)]
             )
-            for o, p, r, v in zip(active, prompts, responses, verdicts, strict=True):
-                o.rounds.append(PairRound(p, r, v))
+            for o, (p, refused), r, v in zip(active, parsed, responses, verdicts, strict=True):
+                o.rounds.append(PairRound(p, r, v, refused))
         return outcomes
