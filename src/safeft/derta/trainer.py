@@ -28,6 +28,7 @@ from safeft.data.sources import (
 )
 from safeft.derta.features import build_derta_examples
 from safeft.derta.loss import derta_loss
+from safeft.derta.on_policy import HARMFUL_ANSWERS, on_policy_triples
 from safeft.training.base import SafeFTTrainer, TrainConfig, load_for_training, wait_for_everyone
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,13 @@ class DeRTaConfig(TrainConfig):
     refusal_pool: str | None = field(
         default=None, metadata={"help": "file of refusals for triples without one; None = built-in pool"}
     )
+    harmful_answers: str = field(
+        default="dataset",
+        metadata={
+            "help": "harmful answers h of the DeRTa rows: dataset (the triples', as the paper) | self (the "
+            "original model's own answers, on-policy; a safeft extension) | both"
+        },
+    )
     refusal_token: str = field(default="Sorry", metadata={"help": "the token RTO trains at every position"})
     prefix: bool = field(default=True, metadata={"help": "MLE with harmful response prefix rows"})
     rto: bool = field(default=True, metadata={"help": "reinforced transition optimization rows"})
@@ -105,6 +113,10 @@ class DeRTaConfig(TrainConfig):
             raise ConfigError(f"prefix_zero_fraction must be in [0, 1], got {self.prefix_zero_fraction}")
         if self.loss_weighting not in ("token_mean", "weighted"):
             raise ConfigError(f"loss_weighting must be token_mean or weighted, got {self.loss_weighting!r}")
+        if self.harmful_answers not in HARMFUL_ANSWERS:
+            raise ConfigError(
+                f"harmful_answers must be one of {', '.join(HARMFUL_ANSWERS)}, got {self.harmful_answers!r}"
+            )
         if self.helpful_ratio is not None and self.helpful_ratio < 0:
             raise ConfigError(f"helpful_ratio must be >= 0, got {self.helpful_ratio}")
         if not self.safety:
@@ -189,6 +201,22 @@ def self_distilled_pairs(model, tokenizer, config: DeRTaConfig) -> list[HelpfulP
     return result.pairs
 
 
+def model_harmful_answers(model, tokenizer, config: DeRTaConfig, triples: list[SafetyTriple]):
+    """The triples with the harmful answers ``config.harmful_answers`` asks for (see ``on_policy.py``)."""
+    from safeft.models import model_fingerprint
+
+    return on_policy_triples(
+        model,
+        tokenizer,
+        triples,
+        config.harmful_answers,
+        fingerprint=model_fingerprint(config.model),
+        max_new_tokens=config.self_distill_max_new_tokens,
+        system_prompt=config.system_prompt,
+        cache_dir=config.cache_dir,
+    )
+
+
 def check_held_out(
     config: DeRTaConfig, train_prompts: set[str], train_origins: set[str] | None = None
 ) -> None:
@@ -241,6 +269,7 @@ def train_derta(config: DeRTaConfig) -> dict:
     model, tokenizer = load_for_training(config)
     fmt = ChatFormat(tokenizer, config.system_prompt)
     helpful += self_distilled_pairs(model, tokenizer, config)
+    triples, answer_stats = model_harmful_answers(model, tokenizer, config, triples)
     helpful = mix_helpful(helpful, len(triples), config.helpful_ratio, config.seed)
     train_prompts = {normalise(t.prompt) for t in triples} | {normalise(h.prompt) for h in helpful}
     examples, stats = build_derta_examples(
@@ -254,10 +283,11 @@ def train_derta(config: DeRTaConfig) -> dict:
         max_length=config.max_length,
         seed=config.seed,
     )
-    log.info("DeRTa rows: %s", stats.as_dict())
+    data_stats = stats.as_dict() | {"harmful_answers": answer_stats.as_dict()}
+    log.info("DeRTa rows: %s", data_stats)
     out.mkdir(parents=True, exist_ok=True)
     if int(os.environ.get("RANK", "0")) == 0:
-        (out / "data_stats.json").write_text(json.dumps(stats.as_dict(), indent=1))
+        (out / "data_stats.json").write_text(json.dumps(data_stats, indent=1))
 
     before, after, check_sets = train_with_check(
         config, DeRTaTrainer, model, tokenizer, examples, train_prompts, derta_config=config
@@ -270,4 +300,4 @@ def train_derta(config: DeRTaConfig) -> dict:
     if int(os.environ.get("RANK", "0")) == 0:
         (out / "split.json").write_text(json.dumps(split, indent=1))
     wait_for_everyone()  # the other ranks return once rank 0 has written every file
-    return {"before": before, "after": after, "data": stats.as_dict()}
+    return {"before": before, "after": after, "data": data_stats}

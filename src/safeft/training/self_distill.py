@@ -68,6 +68,7 @@ def self_distill(
     batch_size: int = 16,
     system_prompt: str | None = None,
     cache_dir: str | Path | None = None,
+    label: str = "self-distillation",
 ) -> DistillResult:
     """Answers of ``model`` (adapters off) to ``prompts`` (``(id, prompt)`` pairs), as helpful rows."""
     from safeft.eval.cache import GenerationCache, generation_key
@@ -89,7 +90,7 @@ def self_distill(
         cache = GenerationCache(path)
         todo = [i for i, k in enumerate(keys) if k not in cache]
         if todo:
-            log.info("self-distillation: the original model answers %d prompts (cache %s)", len(todo), path)
+            log.info("%s: the original model answers %d prompts (cache %s)", label, len(todo), path)
             generator = HFGenerator(model, tokenizer, gen)
             was_training = model.training
             model.eval()
@@ -121,7 +122,5 @@ def self_distill(
             dropped[reason] += 1
         else:
             pairs.append(HelpfulPair(prompt, answer.strip(), f"self_distill:{pid}"))
-    log.info(
-        "self-distillation: kept %d of %d answers (dropped: %s)", len(pairs), len(prompts), dict(dropped)
-    )
+    log.info("%s: kept %d of %d answers (dropped: %s)", label, len(pairs), len(prompts), dict(dropped))
     return DistillResult(pairs, generated, dropped)

@@ -1,0 +1,96 @@
+"""On-policy harmful answers (``harmful_answers``): which triples get the model's own answer, caching,
+and the recipe end to end on a tiny random model (placeholder data, no harmful text)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from safeft.cli import main
+from safeft.config import ConfigError
+from safeft.data.records import SafetyTriple
+from safeft.derta.on_policy import on_policy_triples, with_model_answers
+from safeft.derta.trainer import DeRTaConfig
+from safeft.models import load_model_and_tokenizer
+
+from derta_tiny import tiny_recipe
+
+TRIPLES = [
+    SafetyTriple(f"request {i}?", f"dataset answer {i} a b c", f"Sorry {i}.", f"f:{i}") for i in range(3)
+]
+
+
+def test_self_replaces_answers_the_model_gave_and_keeps_the_dataset_answer_otherwise():
+    answers = {"f:0": "model answer zero", "f:2": "model answer two"}
+    out, stats = with_model_answers(TRIPLES, answers, "self", Counter({"refusal": 1}))
+    assert [t.harmful_response for t in out] == [
+        "model answer zero",
+        "dataset answer 1 a b c",
+        "model answer two",
+    ]
+    assert [t.refusal for t in out] == [t.refusal for t in TRIPLES]  # the refusal is the triple's
+    assert [t.prompt for t in out] == [t.prompt for t in TRIPLES]
+    assert out[0].origin == "f:0 (model's answer)" and out[1].origin == "f:1"
+    assert stats.as_dict() == {
+        "mode": "self",
+        "model_answers": 2,
+        "dataset_answers": 1,
+        "dropped_model_answers": {"refusal": 1},
+    }
+
+
+def test_both_adds_one_triple_per_model_answer_and_dataset_changes_nothing():
+    answers = {"f:1": "model answer one"}
+    out, stats = with_model_answers(TRIPLES, answers, "both")
+    assert out[:3] == TRIPLES and len(out) == 4
+    assert out[3].prompt == "request 1?" and out[3].harmful_response == "model answer one"
+    assert (stats.model_answers, stats.dataset_answers) == (1, 3)
+    same, stats = with_model_answers(TRIPLES, answers, "dataset")
+    assert same == TRIPLES and stats.model_answers == 0
+    with pytest.raises(ValueError, match="harmful_answers must be one of"):
+        with_model_answers(TRIPLES, answers, "mine")
+
+
+def test_model_answers_are_generated_once_and_cached(tmp_path, tiny_model_dir, monkeypatch):
+    model, tokenizer = load_model_and_tokenizer(tiny_model_dir)
+    # a usable answer for every prompt, whatever the random model says, so the mapping is checked too
+    monkeypatch.setattr("safeft.training.self_distill.drop_reason", lambda answer: None)
+    kwargs = {"fingerprint": "tiny", "max_new_tokens": 5, "cache_dir": str(tmp_path)}
+    first, stats = on_policy_triples(model, tokenizer, TRIPLES, "self", **kwargs)
+    assert stats.model_answers == 3 and stats.dataset_answers == 0
+    assert all(t.origin.endswith("(model's answer)") for t in first)
+    assert all(not t.harmful_response.startswith("dataset answer") for t in first)
+    cache = tmp_path / "self_distill" / "tiny.jsonl"
+    assert len(cache.read_text().splitlines()) == 3
+    again, _ = on_policy_triples(model, tokenizer, TRIPLES, "self", **kwargs)
+    assert again == first and len(cache.read_text().splitlines()) == 3  # nothing generated anew
+
+
+def test_recipe_trains_on_the_models_own_harmful_answers(tmp_path, tiny_model_dir, monkeypatch):
+    # the random model's words are no refusal, but may repeat: only empty answers are dropped here
+    monkeypatch.setattr(
+        "safeft.training.self_distill.drop_reason", lambda answer: None if answer.strip() else "empty"
+    )
+    recipe = tiny_recipe(
+        tmp_path,
+        tiny_model_dir,
+        harmful_answers="both",
+        cache_dir=str(tmp_path / "cache"),
+        check={"enabled": False},
+    )
+    assert main(["train", "--config", str(recipe)]) == 0
+    stats = json.loads((tmp_path / "run" / "data_stats.json").read_text())
+    answers = stats["harmful_answers"]
+    own = answers["model_answers"]
+    assert answers["mode"] == "both" and answers["dataset_answers"] == 12 and own >= 1
+    assert own + sum(answers["dropped_model_answers"].values()) == 12
+    assert stats["rows"]["rto"] == 12 + own and stats["rows"]["prefix"] == 12 + own
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert sum("(model's answer)" in o for o in split["train_safety"]) == own
+
+
+def test_unknown_harmful_answers_is_a_clear_error():
+    with pytest.raises(ConfigError, match="harmful_answers must be one of dataset, self, both, got 'own'"):
+        DeRTaConfig(harmful_answers="own").validate()
