@@ -119,6 +119,12 @@ def test_task_loaders_gold_and_few_shot(tmp_path):
         "agnews", shared_file("asft_pku/evaluation__utility_evaluation__agnews__agnew_test_data.json")
     )
     assert ag[0].extra["gold"] == "Business"
+    # AsFT's clean training mix keeps the label as text in 'output' (suites/derta_tasks_validation.yaml)
+    ag_train, _ = load_task(
+        "agnews", shared_file("asft_pku/ft_datasets__agnews_dataset__dataset__agnews_1k_p_0.json")
+    )
+    assert len(ag_train) == 1000 and ag_train[0].extra["gold"] == "World"
+    assert {r.extra["gold"] for r in ag_train} == {"World", "Sports", "Business", "Sci/Tech"}
     mm, _ = load_task("mmlu", shared_file("derta/helpfulness_mmlu_500.json"))
     assert mm[0].extra["gold"] == "C" and "(A)" in mm[0].prompt
     bad = tmp_path / "g.jsonl"

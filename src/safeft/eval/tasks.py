@@ -136,9 +136,11 @@ def _read_gsm8k(path: Path, lineno: int, row: dict) -> tuple[str, str, str]:
 def _label_reader(labels: list[str]) -> Callable[[Path, int, dict], tuple[str, str, str]]:
     def read(path: Path, lineno: int, row: dict) -> tuple[str, str, str]:
         text = row.get("sentence") or row.get("text") or row.get("input")
-        label = row.get("label")
+        label = row.get("label", row.get("output"))  # AsFT's training mixes keep the label in 'output'
         if not text or label is None:
-            raise DataFormatError(f"{path}:{lineno}: expected text/input and label (fields: {sorted(row)})")
+            raise DataFormatError(
+                f"{path}:{lineno}: expected text/input and label (or output) (fields: {sorted(row)})"
+            )
         if isinstance(label, str) and not label.strip().isdigit():
             matches = [lab for lab in labels if lab.lower() == label.strip().lower()]
             if not matches:
