@@ -94,3 +94,21 @@ def test_recipe_trains_on_the_models_own_harmful_answers(tmp_path, tiny_model_di
 def test_unknown_harmful_answers_is_a_clear_error():
     with pytest.raises(ConfigError, match="harmful_answers must be one of dataset, self, both, got 'own'"):
         DeRTaConfig(harmful_answers="own").validate()
+
+
+def test_vanilla_safety_sft_generates_no_harmful_answer(tmp_path, tiny_model_dir):
+    cache = tmp_path / "cache"
+    recipe = tiny_recipe(
+        tmp_path,
+        tiny_model_dir,
+        harmful_answers="self",
+        prefix=False,
+        rto=False,
+        cache_dir=str(cache),
+        check={"enabled": False},
+        max_steps=1,
+    )
+    assert main(["train", "--config", str(recipe)]) == 0
+    stats = json.loads((tmp_path / "run" / "data_stats.json").read_text())
+    assert stats["harmful_answers"]["model_answers"] == 0 and "rto" not in stats["rows"]
+    assert not (cache / "self_distill").exists()  # nothing was generated

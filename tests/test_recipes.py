@@ -22,9 +22,16 @@ def _load(name: str) -> tuple[dict, DeRTaConfig]:
     return data, from_dict(DeRTaConfig, fields, where=name)
 
 
-def test_vanilla_baseline_matches_the_derta_recipe_row_for_row():
-    derta, _ = _load("derta_smollm2.yaml")
-    vanilla, _ = _load("derta_vanilla_sft_smollm2.yaml")
+@pytest.mark.parametrize(
+    ("derta_file", "vanilla_file"),
+    [
+        ("derta_smollm2.yaml", "derta_vanilla_sft_smollm2.yaml"),
+        ("derta_smollm2_onpolicy.yaml", "derta_vanilla_sft_smollm2_onpolicy.yaml"),
+    ],
+)
+def test_vanilla_baseline_matches_the_derta_recipe_row_for_row(derta_file, vanilla_file):
+    derta, _ = _load(derta_file)
+    vanilla, _ = _load(vanilla_file)
     differ = sorted(k for k in set(derta) | set(vanilla) if derta.get(k) != vanilla.get(k))
     assert differ == ["output_dir", "prefix", "rto"]
     assert (vanilla["prefix"], vanilla["rto"]) == (False, False)
@@ -41,15 +48,22 @@ def test_official_lora_recipe_carries_the_cited_values():
         assert official[key] == derta[key], key
 
 
-@pytest.mark.parametrize("name", ["derta_smollm2.yaml", "derta_official_lora_smollm2.yaml"])
-def test_recipes_validate_and_never_train_on_their_held_out_sets(name):
+@pytest.mark.parametrize(
+    ("name", "n_triples"),
+    [
+        ("derta_smollm2.yaml", 16),
+        ("derta_official_lora_smollm2.yaml", 16),
+        ("derta_smollm2_onpolicy.yaml", 64),
+    ],
+)
+def test_recipes_validate_and_never_train_on_their_held_out_sets(name, n_triples):
     _, cfg = _load(name)
     cfg.validate()
     assert cfg.held_out, "a shipped recipe names the evaluation splits it must not train on"
     triples = load_safety_data(cfg)
     helpful = [h for s in cfg.helpful for h in load_helpful_pairs(s, cfg.data_dir)]
     prompts = self_distill_prompts(cfg)
-    assert len(triples) == 16 and len(prompts) > 100
+    assert len(triples) == n_triples and len(prompts) > 100
     check_held_out(
         cfg,
         {normalise(t.prompt) for t in triples}
@@ -57,3 +71,16 @@ def test_recipes_validate_and_never_train_on_their_held_out_sets(name):
         | {normalise(p) for _, p in prompts},
         {t.origin for t in triples} | {h.origin for h in helpful},
     )
+
+
+def test_the_onpolicy_recipe_is_the_follow_up_sweeps_selected_point():
+    """recipes/derta_smollm2_onpolicy.yaml = the sweep's base recipe + overrides + the selected point."""
+    sweep = yaml.safe_load((RECIPES.parent / "sweeps/derta_smollm2_diverse.yaml").read_text())
+    base, _ = _load("derta_smollm2.yaml")
+    point = next(p for p in sweep["points"] if p["name"] == "t64_nt_self")
+    trained = {**base, **sweep["overrides"], **point["set"]}
+    trained["check"] = {**base["check"], **sweep["overrides"]["check"]}
+    recipe, _ = _load("derta_smollm2_onpolicy.yaml")
+    recipe["check"] = {**recipe["check"], "before": False}  # the sweep skips the before-check to save time
+    differ = sorted(k for k in set(trained) | set(recipe) if trained.get(k) != recipe.get(k))
+    assert differ == ["output_dir"]

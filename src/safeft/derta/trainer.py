@@ -202,9 +202,12 @@ def self_distilled_pairs(model, tokenizer, config: DeRTaConfig) -> list[HelpfulP
 
 
 def model_harmful_answers(model, tokenizer, config: DeRTaConfig, triples: list[SafetyTriple]):
-    """The triples with the harmful answers ``config.harmful_answers`` asks for (see ``on_policy.py``)."""
+    """The triples with the harmful answers ``config.harmful_answers`` asks for (see ``on_policy.py``).
+    Vanilla safety SFT (``prefix`` and ``rto`` off) trains no harmful answer: nothing is generated."""
     from safeft.models import model_fingerprint
 
+    if not (config.prefix or config.rto):
+        return on_policy_triples(model, tokenizer, triples, "dataset", fingerprint="", max_new_tokens=0)
     return on_policy_triples(
         model,
         tokenizer,
