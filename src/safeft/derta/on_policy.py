@@ -54,23 +54,19 @@ def with_model_answers(
     if mode == "dataset":
         stats.dataset_answers = len(triples)
         return list(triples), stats
-    own = [
-        replace(t, harmful_response=answers[t.origin], origin=f"{t.origin} (model's answer)")
+    own = {
+        t.origin: replace(t, harmful_response=answers[t.origin], origin=f"{t.origin} (model's answer)")
         for t in triples
         if t.origin in answers
-    ]
+    }
     if mode == "both":
-        out = list(triples) + own
-        stats.dataset_answers, stats.model_answers = len(triples), len(own)
-        return out, stats
-    out = [
-        replace(t, harmful_response=answers[t.origin], origin=f"{t.origin} (model's answer)")
-        if t.origin in answers
-        else t
-        for t in triples
-    ]
-    stats.model_answers = len(own)
-    stats.dataset_answers = len(triples) - len(own)
+        added = [own[t.origin] for t in triples if t.origin in own]
+        out = list(triples) + added
+        stats.dataset_answers, stats.model_answers = len(triples), len(added)
+    else:
+        out = [own.get(t.origin, t) for t in triples]
+        stats.model_answers = sum(t.origin in own for t in triples)
+        stats.dataset_answers = len(triples) - stats.model_answers
     return out, stats
 
 

@@ -28,7 +28,7 @@ from safeft.data.sources import (
 )
 from safeft.derta.features import build_derta_examples
 from safeft.derta.loss import derta_loss
-from safeft.derta.on_policy import HARMFUL_ANSWERS, on_policy_triples
+from safeft.derta.on_policy import HARMFUL_ANSWERS, on_policy_triples, with_model_answers
 from safeft.training.base import SafeFTTrainer, TrainConfig, load_for_training, wait_for_everyone
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ def model_harmful_answers(model, tokenizer, config: DeRTaConfig, triples: list[S
     from safeft.models import model_fingerprint
 
     if not (config.prefix or config.rto):
-        return on_policy_triples(model, tokenizer, triples, "dataset", fingerprint="", max_new_tokens=0)
+        return with_model_answers(triples, {}, "dataset")
     return on_policy_triples(
         model,
         tokenizer,
