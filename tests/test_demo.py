@@ -99,7 +99,7 @@ def test_stage1_data_choices_reach_the_trainer(tmp_path, monkeypatch):
     (tmp_path / DISTILLED).write_text("")
     with pytest.raises(ConfigError, match="no helpful rows"):
         train_alignment(load_demo_config(), tmp_path / "run", tmp_path, tmp_path, tmp_path, derta=True)
-    with pytest.raises(ConfigError, match="align.harmful_answers must be one of"):
+    with pytest.raises(ConfigError, match=r"align\.harmful_answers must be one of"):
         load_demo_config(overrides=["--align.harmful_answers", "mine"])
 
 

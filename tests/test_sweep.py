@@ -179,3 +179,28 @@ def test_task_accuracy_lost_on_validation_tasks_counts_in_the_selection(tmp_path
     # accuracy above the base model's is not a bonus: the loss is clipped at 0
     better = with_task_loss({"score": 0.3}, {"agnews": {"accuracy": 0.9}}, {"agnews": {"accuracy": 0.5}})
     assert better["score"] == 0.3 and better["task_loss"] == 0.0
+
+
+def test_validation_tasks_must_not_share_a_task_file_with_the_reported_suite(tmp_path):
+    from safeft.config import ConfigError
+    from safeft.sweep import load_sweep
+
+    sst2 = shared_file("asft_pku/evaluation__utility_evaluation__SST2__SST2_test.jsonl")
+    task_suite = {"name": "t", "tasks": [{"task": "sst2", "path": str(sst2), "limit": 3}]}
+    (tmp_path / "tasks.yaml").write_text(yaml.safe_dump(task_suite))
+    (tmp_path / "report.yaml").write_text(yaml.safe_dump({**task_suite, "name": "r"}))
+    (tmp_path / "empty.yaml").write_text(yaml.safe_dump({"name": "e", "tasks": []}))
+    sweep = tmp_path / "sweep.yaml"
+    base = {"recipe": "r.yaml", "points": [{"name": "a"}]}
+    sweep.write_text(
+        yaml.safe_dump(
+            {**base, "eval": {"suite": "report.yaml"}, "validation_tasks": {"suite": "tasks.yaml"}}
+        )
+    )
+    with pytest.raises(ConfigError, match="read the same task file"):
+        load_sweep(sweep)
+    sweep.write_text(yaml.safe_dump({**base, "validation_tasks": {"suite": "empty.yaml"}}))
+    with pytest.raises(ConfigError, match="has no tasks"):
+        load_sweep(sweep)
+    sweep.write_text(yaml.safe_dump({**base, "validation_tasks": {"suite": "tasks.yaml"}}))
+    assert load_sweep(sweep)[0].validation_tasks.suite == str(tmp_path / "tasks.yaml")

@@ -92,6 +92,8 @@ def load_sweep(path: str | Path, output_dir: str | None = None) -> tuple[SweepCo
     for spec in (config.eval, config.validation_tasks):
         if spec is not None:
             spec.suite = str((base / spec.suite).resolve())
+    if config.validation_tasks is not None:
+        check_task_split(config, p)
     if output_dir:
         config.output_dir = output_dir
     points = expand_points(config)
@@ -102,6 +104,26 @@ def load_sweep(path: str | Path, output_dir: str | None = None) -> tuple[SweepCo
     if duplicates:
         raise ConfigError(f"{p}: point names must be unique; repeated: {duplicates}")
     return config, base
+
+
+def check_task_split(config: SweepConfig, where: Path) -> None:
+    """The validation task suite must have tasks, and no task file of the reported ``eval`` suite."""
+    from safeft.eval.suite import load_suite
+
+    def task_files(suite_path: str) -> set[Path]:
+        suite = load_suite(suite_path)
+        return {suite.resolve(t.path).resolve() for t in suite.tasks}
+
+    assert config.validation_tasks is not None
+    validation = task_files(config.validation_tasks.suite)
+    if not validation:
+        raise ConfigError(f"{where}: validation_tasks suite {config.validation_tasks.suite} has no tasks")
+    shared = validation & task_files(config.eval.suite) if config.eval is not None else set()
+    if shared:
+        raise ConfigError(
+            f"{where}: validation_tasks and eval read the same task file(s) {sorted(map(str, shared))}: "
+            "a setting must not be chosen on the rows it is reported on"
+        )
 
 
 def _slug(value: Any) -> str:
