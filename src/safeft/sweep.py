@@ -44,7 +44,7 @@ from typing import Any
 
 import yaml
 
-from safeft.config import ConfigError, from_dict
+from safeft.config import ConfigError, from_dict, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ def _recipe_model(config: SweepConfig, point: dict[str, Any]) -> str:
 
     if "model" in point.get("settings", {}):
         return str(point["settings"]["model"])
-    recipe = yaml.safe_load(Path(config.recipe).read_text(encoding="utf-8")) or {}
+    recipe = read_yaml(config.recipe, "a recipe") or {}
     return str(config.overrides.get("model", recipe.get("model", DEFAULT_MODEL)))
 
 
