@@ -239,11 +239,12 @@ def task_validation(spec: EvalSpec, model: str, out: Path, label: str) -> dict[s
     """Accuracy per task of ``model`` on the validation task suite (``safeft eval`` into ``out``; a
     finished evaluation is read back, an interrupted one resumes from its generation cache)."""
     results = out / "results.json"
-    done = results.is_file() and not json.loads(results.read_text()).get("incomplete")
-    if not done:
+    found = json.loads(results.read_text()) if results.is_file() else None
+    if found is None or found.get("incomplete"):
         log.info("sweep: validation tasks for %s", label)
         _run(_eval_command(model, spec, out, label), out.parent / "sweep.log")
-    tasks = json.loads(results.read_text()).get("tasks", {})
+        found = json.loads(results.read_text())
+    tasks = found.get("tasks", {})
     if not tasks:
         raise ConfigError(f"validation_tasks suite {spec.suite} produced no task accuracy ({results})")
     return {
@@ -265,11 +266,10 @@ def with_task_loss(validation: dict[str, Any], tasks: dict, base: dict) -> dict[
     }
 
 
-def _recipe_model(config: SweepConfig, point: dict[str, Any]) -> str:
+def _recipe_model(config: SweepConfig) -> str:
+    """The base model every point starts from unless its settings name another."""
     from safeft.models import DEFAULT_MODEL
 
-    if "model" in point.get("settings", {}):
-        return str(point["settings"]["model"])
     recipe = read_yaml(config.recipe, "a recipe") or {}
     return str(config.overrides.get("model", recipe.get("model", DEFAULT_MODEL)))
 
@@ -279,9 +279,10 @@ def add_task_validation(config: SweepConfig, results: list[dict[str, Any]], root
     spec = config.validation_tasks
     if spec is None:
         return
+    default_model = _recipe_model(config)
     bases: dict[str, dict] = {}
     for r in results:
-        model = _recipe_model(config, r)
+        model = str(r.get("settings", {}).get("model", default_model))
         if model not in bases:
             bases[model] = task_validation(
                 spec, model, root / "_base" / _slug(model) / "validation_tasks", model
