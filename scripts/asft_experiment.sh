@@ -11,7 +11,9 @@
 # Runs: plain_lora (lambda 0) | asft_svd (lambda 1, svd, s B A) | asft_official (recipes/
 #   asft_sst2_official.yaml: paper C on B A, lr 5e-5, StepLR 0.85, Alpaca layout, harmful rows under
 #   their system prompt) | plain_lora_official (the same recipe with lambda 0) | asft_anti (asft_svd +
-#   anti-direction term) | asft_lambda10 | asft_k2 (svd with the top 2 directions only).
+#   anti-direction term) | asft_lambda10 | asft_k2 (svd with the top 2 directions only) | asft_two_sided
+#   (asft_svd with two_sided: true, penalising dW - U_k U_k^T dW W_k W_k^T) | asft_l2 (projector none:
+#   C = 0, the penalty is ||s B A||_F^2; the control for "a small update" without the direction).
 # Every step is skipped when its output exists, so an interrupted run resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +59,8 @@ for run in $RUNS; do
       --anti_direction_lambda "$ANTI" ;;
     asft_lambda10) train "$run" recipes/asft_sst2_smollm2.yaml --num_train_epochs "$EPOCHS" --penalty_lambda 10 ;;
     asft_k2) train "$run" recipes/asft_sst2_smollm2.yaml --num_train_epochs "$EPOCHS" --rank 2 ;;
+    asft_two_sided) train "$run" recipes/asft_sst2_smollm2.yaml --num_train_epochs "$EPOCHS" --two_sided true ;;
+    asft_l2) train "$run" recipes/asft_sst2_smollm2.yaml --num_train_epochs "$EPOCHS" --projector none ;;
     *) echo "unknown run '$run' in RUNS" >&2; exit 2 ;;
   esac
   evaluate "$run" --adapter "$OUT/$run/adapter"

@@ -49,7 +49,8 @@ def test_table_and_targets(tmp_path):
     assert t["completion"]["points_above_aligned"] == 14.0 and not t["completion"]["met"]
     assert t["task"] == {"points_below_plain_lora": 1.0, "met": True}
     table = (tmp_path / "summary.md").read_text()
-    assert "| asft | 6% (3/50) [1-20] | 20% (10/50) [1-20] | 83% [70-90], 3 unparsed | 0.1 | 0 |" in table
+    row = "| asft | 6% (3/50) [1-20] | 20% (10/50) [1-20] | 83% [70-90], 3 unparsed | 0.1 | 0 |"
+    assert row + " direct +4 pts met; completion +14 pts missed; task -1 pts met | - |" in table
     assert "completion +14 pts missed" in table
     assert json.loads((tmp_path / "summary.json").read_text())[2]["targets"]["task"]["met"] is True
 

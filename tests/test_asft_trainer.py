@@ -114,6 +114,7 @@ def test_new_options_are_checked(aligned_setup, tmp_path):
         ({"harmful_rows": "flag"}, "harmful_rows must be one of"),
         ({"harmful_system_prompt": "x"}, "harmful_system_prompt needs harmful_rows"),
         ({"max_rows": 0}, "max_rows must be >= 1"),
+        ({"two_sided": True, "projector": "paper"}, "two_sided needs projector: svd"),
     ]:
         with pytest.raises(ConfigError, match=msg):
             config(aligned_setup, tmp_path, **kw).validate()
@@ -173,6 +174,27 @@ def test_anti_direction_zero_is_plain_asft_bit_for_bit(aligned_setup, tmp_path):
                 direction=str(tmp_path / "old_direction"),
             )
         )
+
+
+def test_two_sided_option_reaches_the_penalty(aligned_setup, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from safeft.asft.trainer import bind_penalty
+
+    aligned, _direction, _task = aligned_setup
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(aligned),
+        LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.01)
+    one = bind_penalty(model, config(aligned_setup, tmp_path))
+    two = bind_penalty(model, config(aligned_setup, tmp_path, two_sided=True))
+    assert one is not None and two is not None and two.two_sided and not one.two_sided
+    assert float(two().detach()) > float(one().detach()) > 0
 
 
 def test_lora_targets_outside_the_direction_are_refused(aligned_setup, tmp_path):

@@ -86,7 +86,8 @@ class LayerDirection:
         }
 
     def projector(self, variant: str, k: int | None = None) -> Projector:
-        """C of this layer: ``svd`` (U_k U_k^T, k <= stored k) or ``paper`` (V V^T / ||V||_F)."""
+        """C of this layer: ``svd`` (U_k U_k^T, k <= stored k), ``paper`` (V V^T / ||V||_F) or ``none``
+        (C = 0, the L2 control)."""
         if variant == "svd":
             if k is not None and k > self.k:
                 raise DirectionError(
@@ -94,6 +95,8 @@ class LayerDirection:
                     f"direction with a larger --rank"
                 )
             return SVDProjector(self.U[:, : (self.k if k is None else k)])
+        if variant == "none":  # C = 0: the L2 control (see safeft.asft.projectors)
+            return SVDProjector(torch.zeros(self.shape[0], 1, dtype=self.U.dtype))
         if variant == "paper":
             if self.F is None:
                 raise DirectionError(
@@ -101,7 +104,7 @@ class LayerDirection:
                     "`safeft direction ... --paper` or use the svd projector"
                 )
             return PaperProjector(self.F, torch.tensor(self.fro_norm, dtype=self.F.dtype))
-        raise DirectionError(f"unknown projector {variant!r}; expected 'svd' or 'paper'")
+        raise DirectionError(f"unknown projector {variant!r}; expected 'svd', 'paper' or 'none'")
 
     def unit_lowrank(self, k: int | None = None) -> tuple[Tensor, Tensor]:
         """``(P, W_k)`` with ``P = U_k diag(S_k) / ||V_k||_F`` (d_out x k) and W_k (d_in x k), so that

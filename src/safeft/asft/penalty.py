@@ -32,6 +32,17 @@ It needs W_k, which ``direction.safetensors`` stores (``<module>.W``). It is a 1
 layer (the other in-subspace moves stay free); V_k instead of V keeps it consistent with the svd
 subspace and exact when V has rank <= k (e.g. a direction built from a LoRA adapter).
 
+**Two-sided variant** (safeft's addition, ``two_sided``; svd only). The svd penalty leaves every update
+dW = U_k X free, whatever its input side X: an AsFT update can sit almost wholly in span(U_k) and still
+use input directions the alignment never touched (:mod:`safeft.asft.geometry` measures this). The
+two-sided penalty also asks for V's row space: with the projector X -> U_k U_k^T X W_k W_k^T (orthogonal
+in the Frobenius inner product),
+
+    ||dW - U_k U_k^T dW W_k W_k^T||_F^2 = ||dW||_F^2 - ||U_k^T dW W_k||_F^2
+                                       = s^2 ( <B^T B, A A^T>_F - ||(U_k^T B)(A W_k)||_F^2 )
+
+(a k x r times r x k product), leaving only the k x k block U_k M W_k^T free.
+
 The AsFT objective is ``task_loss + lambda * penalty (+ anti_direction_lambda * anti)`` with each
 term summed over all LoRA layers.
 :class:`AsFTPenalty` binds a :class:`~safeft.asft.direction.Direction` to a PEFT model once, groups
@@ -90,6 +101,16 @@ def naive_anti_direction(A: Tensor, B: Tensor, scale: float, V: Tensor) -> Tenso
     return torch.relu(-a) ** 2
 
 
+def lora_two_sided_residual(A: Tensor, B: Tensor, scale: float | Tensor, U: Tensor, W: Tensor) -> Tensor:
+    """``||s B A - U U^T (s B A) W W^T||_F^2`` per layer, factorised (U, W with orthonormal columns,
+    zero-padded columns allowed). Shapes: A (..., r, d_in), B (..., d_out, r), U (..., d_out, k),
+    W (..., d_in, k)."""
+    scale = torch.as_tensor(scale, dtype=A.dtype, device=A.device)
+    total = ((B.mT @ B) * (A @ A.mT)).sum(dim=(-2, -1))
+    block = ((U.mT @ B) @ (A @ W)).square().sum(dim=(-2, -1))
+    return scale * scale * (total - block)
+
+
 def naive_residual(A: Tensor, B: Tensor, scale: float, C: Tensor) -> Tensor:
     """Reference: materialise dW (d_out x d_in) and C (d_out x d_out). Tests and benchmarks only."""
     dW = scale * (B @ A)
@@ -115,8 +136,10 @@ class _Group:
     scale_sq: Tensor  # (L,)
     projector: Projector
     anti: tuple[Tensor, Tensor] | None = None  # (P, W): (L, d_out, k), (L, d_in, k), zero-padded
+    right: Tensor | None = None  # W_k (L, d_in, k), zero-padded: the two-sided penalty
     cache: dict[tuple, tuple[Projector, Tensor]] = field(default_factory=dict)
     anti_cache: dict[tuple, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    right_cache: dict[tuple, Tensor] = field(default_factory=dict)
 
     def anti_on(self, device: torch.device) -> tuple[Tensor, Tensor]:
         key = (device.type, device.index)
@@ -134,6 +157,13 @@ class _Group:
             )
         return self.cache[key]
 
+    def right_on(self, device: torch.device) -> Tensor:
+        key = (device.type, device.index)
+        if key not in self.right_cache:
+            assert self.right is not None
+            self.right_cache[key] = self.right.to(device=device, dtype=torch.float32)
+        return self.right_cache[key]
+
 
 def _stack_padded(mats: list[Tensor]) -> Tensor:
     """Stack (d, k_l) matrices into (L, d, max k), zero-padding the columns."""
@@ -141,12 +171,19 @@ def _stack_padded(mats: list[Tensor]) -> Tensor:
     return torch.stack([nn.functional.pad(m.float(), (0, width - m.shape[1])) for m in mats])
 
 
+def _right_vectors(direction: Direction, name: str, rank: int | None) -> Tensor:
+    W = direction.layers[name].W
+    assert W is not None  # checked in AsFTPenalty
+    return W[:, : (W.shape[1] if rank is None else rank)]
+
+
 def _stack_projector(variant: str, projectors: list[Projector]) -> Projector:
     """Batch per-layer projectors, zero-padding factor widths (zero columns leave C unchanged)."""
-    mats: list[Tensor] = [getattr(p, "U" if variant == "svd" else "F") for p in projectors]
+    left = variant in ("svd", "none")  # "none" is an SVDProjector with a zero column
+    mats: list[Tensor] = [getattr(p, "U" if left else "F") for p in projectors]
     width = max(m.shape[1] for m in mats)
     padded = torch.stack([nn.functional.pad(m.float(), (0, width - m.shape[1])) for m in mats])
-    if variant == "svd":
+    if left:
         return SVDProjector(padded)
     norms = torch.stack([p.norm.float() for p in projectors])  # type: ignore[attr-defined]
     return PaperProjector(padded, norms)
@@ -160,7 +197,8 @@ class AsFTPenalty:
     on (||W||_F within 1e-3). Layers the direction covers but the LoRA does not are ignored.
     ``use_lora_scale=False`` penalises B A instead of s B A (the official code's convention).
     ``anti_direction=True`` also binds V_k's factors for :meth:`anti_direction` (needs a direction
-    with right singular vectors ``W``).
+    with right singular vectors ``W``). ``two_sided=True`` (svd only, needs ``W``) penalises
+    ``dW - U_k U_k^T dW W_k W_k^T`` instead of ``(I - U_k U_k^T) dW``.
     """
 
     def __init__(
@@ -173,9 +211,17 @@ class AsFTPenalty:
         check_weights: bool = True,
         use_lora_scale: bool = True,
         anti_direction: bool = False,
+        two_sided: bool = False,
     ):
         if variant not in VARIANTS:
             raise DirectionError(f"unknown projector {variant!r}; expected one of {VARIANTS}")
+        if two_sided and variant != "svd":
+            raise DirectionError(f"the two-sided penalty needs the svd projector, not {variant!r}")
+        if two_sided and not direction.has_right_vectors:
+            raise DirectionError(
+                "the two-sided penalty needs the direction's right singular vectors (built by an older "
+                "safeft); recompute it with `safeft direction`"
+            )
         self.variant = variant
         self.adapter_name = adapter_name
         lora = find_lora_layers(model, adapter_name)
@@ -222,11 +268,17 @@ class AsFTPenalty:
                     if anti_direction
                     else None
                 ),
+                right=(
+                    _stack_padded([_right_vectors(direction, g[0], rank) for g in items])
+                    if two_sided
+                    else None
+                ),
             )
             for items in groups.values()
         ]
         self.n_layers = len(lora)
         self.has_anti = anti_direction
+        self.two_sided = two_sided
 
     def _factors(self, group: _Group) -> tuple[Tensor, Tensor]:
         ad = self.adapter_name
@@ -247,6 +299,10 @@ class AsFTPenalty:
             A, B = self._factors(group)
             with torch.autocast(device_type=A.device.type, enabled=False):
                 projector, scale_sq = group.on(A.device)
+                if group.right is not None:
+                    U = projector.U  # type: ignore[attr-defined]
+                    values.append(lora_two_sided_residual(A, B, scale_sq.sqrt(), U, group.right_on(A.device)))
+                    continue
                 KA = A @ A.mT
                 values.append(scale_sq * (projector.residual_gram(B) * KA).sum(dim=(-2, -1)))
         return values

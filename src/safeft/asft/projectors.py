@@ -24,6 +24,10 @@ Every method accepts a batch of layers: tensors carry leading batch dimensions `
     ||dW||_F^2, while for ||V||_F > 1 the top direction can get c_1 > 1 (amplified). Either way
     (I - C) dW also penalises updates that lie inside span(V). With X = F^T B (m x r), Y = F X:
     M1 = X^T X / n and M2 = Y^T Y / n^2.
+
+``none`` — C = 0 (an :class:`SVDProjector` with one zero column): the AsFT penalty becomes
+||dW||_F^2, an L2 penalty on the update that ignores V. A control, not a method: it shows how much of
+an AsFT run's effect comes from the direction rather than from keeping the update small.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
-VARIANTS = ("svd", "paper")
+VARIANTS = ("svd", "paper", "none")
 
 
 class Projector(ABC):

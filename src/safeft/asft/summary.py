@@ -11,7 +11,9 @@ against issue 8's targets:
 
 ASR cells show rate, k/n and the 95% Wilson interval from results.json; the penalty columns are the
 last logged ``asft_penalty`` (sum_l ||(I - C) dW||_F^2 with the run's own C and scaling) and
-``anti_direction`` (sum_l relu(-<dW, V_k>/||V_k||)^2).
+``anti_direction`` (sum_l relu(-<dW, V_k>/||V_k||)^2). Where ``OUT/direction`` and ``OUT/<name>/adapter``
+exist, the last column is the update's geometry (:mod:`safeft.asft.geometry`, one direction for all
+runs): ||dW||^2 summed over layers, and the shares of it inside span(U_k) and inside U_k x W_k.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ def load_run(out: Path, name: str) -> dict[str, Any]:
         row["asft_penalty"] = _last(log, "asft_penalty")
         row["anti_direction"] = _last(log, "anti_direction")
         row["task_loss"] = _last(log, "task_loss")
+    adapter, direction = out / name / "adapter", out / "direction"
+    if (adapter / "adapter_config.json").is_file() and (direction / "direction.json").is_file():
+        from safeft.asft.geometry import update_geometry
+
+        row["geometry"] = update_geometry(adapter, direction).as_dict()
     return row
 
 
@@ -87,12 +94,19 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.4g}"
 
 
+def _geometry(geo: dict | None) -> str:
+    if geo is None:
+        return "-"
+    shares = geo["shares"]
+    return f"{geo['total']:.3g}, {100 * shares['left']:.0f}%, {100 * shares['block']:.1f}%"
+
+
 def markdown(rows: list[dict]) -> str:
     """The README table: one line per run, targets in the last column."""
     lines = [
         "| run | ASR direct | ASR completion | SST-2 accuracy | asft_penalty (end) "
-        "| anti_direction (end) | targets |",
-        "|---|---|---|---|---|---|---|",
+        "| anti_direction (end) | targets | update: squared norm, share in span(U_k), share in U_k x W_k |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         task = row["task"]
@@ -113,7 +127,8 @@ def markdown(rows: list[dict]) -> str:
             )
         lines.append(
             f"| {row['name']} | {_asr(row['direct'])} | {_asr(row['completion'])} | {acc} | "
-            f"{_num(row.get('asft_penalty'))} | {_num(row.get('anti_direction'))} | {verdict} |"
+            f"{_num(row.get('asft_penalty'))} | {_num(row.get('anti_direction'))} | {verdict} | "
+            f"{_geometry(row.get('geometry'))} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -5,10 +5,11 @@ Objective of one micro-batch (see :mod:`safeft.asft.penalty` for the factorised 
     L = L_task + lambda * sum_{LoRA layers l} ||(I - C_l) s B_l A_l||_F^2
 
 with L_task the mean token cross-entropy on the responses, and C_l = U_k U_k^T (``projector: svd``)
-or V V^T / ||V||_F (``projector: paper``) from a direction built by ``safeft direction`` on the model
-being fine-tuned (the aligned one). ``penalty_lambda: 0`` is plain LoRA SFT: the penalty is then kept
-out of the graph (still logged, under ``no_grad``, when a direction is given), so training is bit for
-bit plain LoRA. ``task_loss`` and ``asft_penalty`` (unweighted) are logged separately.
+or V V^T / ||V||_F (``projector: paper``; ``none``: C = 0, an L2 control) from a direction built by
+``safeft direction`` on the model being fine-tuned (the aligned one). ``penalty_lambda: 0`` is plain
+LoRA SFT: the penalty is then kept out of the graph (still logged, under ``no_grad``, when a direction
+is given), so training is bit for bit plain LoRA. ``task_loss`` and ``asft_penalty`` (unweighted) are
+logged separately.
 
 The official code penalises B A without the LoRA scale s; ``scale_delta: false`` reproduces that
 (equivalently, lambda_official = lambda * s^2 here).
@@ -16,6 +17,9 @@ The official code penalises B A without the LoRA scale s; ``scale_delta: false``
 ``anti_direction_lambda`` adds ``anti_direction_lambda * sum_l relu(-<dW_l, V_k,l>_F / ||V_k,l||_F)^2``
 (see :mod:`safeft.asft.penalty`); 0 (the default) leaves the objective plain AsFT bit for bit
 (the term is then only logged, without gradient, when the direction has its right vectors).
+
+``two_sided: true`` (svd only) penalises ``dW - U_k U_k^T dW W_k W_k^T``: also the input side of an
+update must lie in V's row space (see :mod:`safeft.asft.penalty`; false, the default, is AsFT).
 
 ``lr_scheduler_type: step`` is the official code's ``torch.optim.lr_scheduler.StepLR``: the learning
 rate is multiplied by ``lr_step_gamma`` after every epoch (lr_e = lr * gamma^e), no warmup.
@@ -66,7 +70,10 @@ class AsFTConfig(TrainConfig):
         default=1.0, metadata={"help": "weight of the AsFT penalty (0: plain LoRA)"}
     )
     projector: str = field(
-        default="svd", metadata={"help": "svd: U_k U_k^T (exact projector) | paper: V V^T / ||V||_F"}
+        default="svd",
+        metadata={
+            "help": "svd: U_k U_k^T (exact projector) | paper: V V^T / ||V||_F | none: C = 0 (L2 control)"
+        },
     )
     rank: int | None = field(
         default=None, metadata={"help": "use the top `rank` of the stored directions (None: all stored)"}
@@ -79,6 +86,10 @@ class AsFTConfig(TrainConfig):
     )
     anti_direction_lambda: float = field(
         default=0.0, metadata={"help": "weight of sum_l relu(-<dW, V_k>/||V_k||)^2 (0: plain AsFT)"}
+    )
+    two_sided: bool = field(
+        default=False,
+        metadata={"help": "svd only: penalise dW - U_k U_k^T dW W_k W_k^T (false: AsFT's (I - C) dW)"},
     )
     lr_step_gamma: float = field(
         default=0.85, metadata={"help": "lr_scheduler_type step: lr *= gamma after each epoch"}
@@ -137,6 +148,8 @@ class AsFTConfig(TrainConfig):
             raise ConfigError(f"projector must be one of {VARIANTS}, got {self.projector!r}")
         if self.rank is not None and self.rank < 1:
             raise ConfigError(f"rank must be >= 1, got {self.rank}")
+        if self.two_sided and self.projector != "svd":
+            raise ConfigError(f"two_sided needs projector: svd (got {self.projector!r})")
         if not self.lora.enabled:
             raise ConfigError("AsFT regularises LoRA updates: lora.enabled must be true")
         if self.penalty_lambda > 0 and not self.direction:
@@ -220,10 +233,12 @@ def bind_penalty(
         check_weights=config.check_direction,
         use_lora_scale=config.scale_delta,
         anti_direction=anti,
+        two_sided=config.two_sided,
     )
     log.info(
-        "AsFT: %s projector on %d LoRA layers, lambda %g, anti-direction lambda %g, direction %s",
+        "AsFT: %s%s projector on %d LoRA layers, lambda %g, anti-direction lambda %g, direction %s",
         config.projector,
+        " two-sided" if config.two_sided else "",
         penalty.n_layers,
         config.penalty_lambda,
         config.anti_direction_lambda,
