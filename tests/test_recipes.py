@@ -13,6 +13,8 @@ from safeft.config import from_dict
 from safeft.data.sources import load_helpful_pairs
 from safeft.derta.trainer import DeRTaConfig, check_held_out, load_safety_data, self_distill_prompts
 
+from conftest import shared_file
+
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
@@ -54,10 +56,13 @@ def test_official_lora_recipe_carries_the_cited_values():
         ("derta_smollm2.yaml", 16),
         ("derta_official_lora_smollm2.yaml", 16),
         ("derta_smollm2_onpolicy.yaml", 64),
+        ("derta_smollm2_onpolicy_h20.yaml", 64),
     ],
 )
 def test_recipes_validate_and_never_train_on_their_held_out_sets(name, n_triples):
     _, cfg = _load(name)
+    if cfg.data_dir:  # the recipe's ../shared/data, found from any working directory
+        cfg.data_dir = str(shared_file("asft_pku").parent)
     cfg.validate()
     assert cfg.held_out, "a shipped recipe names the evaluation splits it must not train on"
     triples = load_safety_data(cfg)
@@ -73,14 +78,21 @@ def test_recipes_validate_and_never_train_on_their_held_out_sets(name, n_triples
     )
 
 
-def test_the_onpolicy_recipe_is_the_follow_up_sweeps_selected_point():
-    """recipes/derta_smollm2_onpolicy.yaml = the sweep's base recipe + overrides + the selected point."""
+@pytest.mark.parametrize(
+    ("recipe_file", "point_name"),
+    [
+        ("derta_smollm2_onpolicy.yaml", "t64_nt_self"),
+        ("derta_smollm2_onpolicy_h20.yaml", "t64_nt_self_h20_alpaca"),
+    ],
+)
+def test_the_onpolicy_recipes_are_the_follow_up_sweeps_points(recipe_file, point_name):
+    """An on-policy recipe = the sweep's base recipe + overrides + its point (t64_nt_self: the selection)."""
     sweep = yaml.safe_load((RECIPES.parent / "sweeps/derta_smollm2_diverse.yaml").read_text())
     base, _ = _load("derta_smollm2.yaml")
-    point = next(p for p in sweep["points"] if p["name"] == "t64_nt_self")
+    point = next(p for p in sweep["points"] if p["name"] == point_name)
     trained = {**base, **sweep["overrides"], **point["set"]}
     trained["check"] = {**base["check"], **sweep["overrides"]["check"]}
-    recipe, _ = _load("derta_smollm2_onpolicy.yaml")
+    recipe, _ = _load(recipe_file)
     recipe["check"] = {**recipe["check"], "before": False}  # the sweep skips the before-check to save time
     differ = sorted(k for k in set(trained) | set(recipe) if trained.get(k) != recipe.get(k))
     assert differ == ["output_dir"]
