@@ -69,6 +69,16 @@ def perturb_attention(model, seed: int = 1, scale: float = 0.05):
     return model
 
 
+def randomise_lora_b(model, seed: int = 3, scale: float = 0.1):
+    """PEFT starts LoRA with B = 0 (dW = 0): give every lora_B seeded noise, in place; returns model."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(scale * torch.randn(p.shape, generator=g))
+    return model
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
     """A saved tiny random Llama with the SmolLM2 tokenizer: a valid ``--model`` directory."""

@@ -13,7 +13,7 @@ from safeft.asft.direction import Direction, DirectionError
 from safeft.asft.targets import TargetError
 from safeft.cli import main
 
-from conftest import make_tiny_model
+from conftest import make_tiny_model, randomise_lora_b
 
 VOCAB = 64
 Q = "model.layers.0.self_attn.q_proj"
@@ -110,12 +110,9 @@ def test_loaded_source_gives_the_same_direction(pair, monkeypatch):
 def test_adapter_gives_the_adapters_delta_exactly(pair, tmp_path):
     _, unaligned = pair
     base = make_tiny_model(VOCAB, seed=0)
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    peft_model = randomise_lora_b(
+        get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    )
     peft_model.save_pretrained(tmp_path / "adapter")
     merged = save(peft_model.merge_and_unload(), tmp_path / "merged")
 

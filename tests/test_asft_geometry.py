@@ -13,7 +13,7 @@ from safeft.asft.direction import Direction, DirectionError
 from safeft.asft.geometry import layer_geometry, update_geometry
 from safeft.asft.penalty import AsFTPenalty, find_lora_layers, lora_two_sided_residual
 
-from conftest import make_tiny_model, perturb_attention
+from conftest import make_tiny_model, perturb_attention, randomise_lora_b
 
 VOCAB = 64
 K = 3
@@ -56,15 +56,12 @@ def saved(tmp_path_factory):
     compute_direction(
         DirectionRequest(str(root / "aligned"), str(root / "unaligned"), ["q_proj", "v_proj"], rank=K)
     ).save(root / "direction")
-    model = get_peft_model(
-        perturb_attention(make_tiny_model(VOCAB, seed=0), seed=1),
-        LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
+    model = randomise_lora_b(
+        get_peft_model(
+            perturb_attention(make_tiny_model(VOCAB, seed=0), seed=1),
+            LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
+        )
     )
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
     model.save_pretrained(root / "adapter")
     return root, model
 
