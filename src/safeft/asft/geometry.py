@@ -24,6 +24,8 @@ from torch import Tensor
 
 from safeft.asft.adapter import LoraAdapter
 from safeft.asft.direction import Direction, DirectionError
+from safeft.asft.penalty import lora_alignment_projection, lora_residual, lora_two_sided_residual
+from safeft.asft.projectors import SVDProjector
 
 
 @dataclass
@@ -48,17 +50,15 @@ class UpdateGeometry:
 def layer_geometry(
     A: Tensor, B: Tensor, scale: float, U: Tensor, W: Tensor, S: Tensor
 ) -> tuple[float, float, float, float]:
-    """``(total, left, block, along)`` of one layer; U (d_out x k), W (d_in x k), S (k,)."""
+    """``(total, left, block, along)`` of one layer; U (d_out x k), W (d_in x k), S (k,). ``left`` and
+    ``block`` come from the penalties' own residuals (svd and two-sided), ``along`` from the
+    anti-direction term's projection, in float64."""
     A, B, U, W, S = (t.double() for t in (A, B, U, W, S))
-    KA = A @ A.T
-    G = U.T @ B  # (k, r)
-    AW = A @ W  # (r, k)
-    total = scale**2 * float(((B.T @ B) * KA).sum())
-    left = scale**2 * float(((G.T @ G) * KA).sum())
-    block = scale**2 * float((G @ AW).square().sum())
-    # <s B A, U diag(S) W^T> = s tr(diag(S) (U^T B)(A W)) = s sum_i S_i (G AW)_ii
-    inner = scale * float((S * (G @ AW).diagonal()).sum())
-    along = inner**2 / float(S.square().sum()) if float(S.square().sum()) > 0 else 0.0
+    total = scale**2 * float(((B.T @ B) * (A @ A.T)).sum())
+    left = total - float(lora_residual(A, B, scale, SVDProjector(U)))
+    block = total - float(lora_two_sided_residual(A, B, scale, U, W))
+    norm = float(S.square().sum().sqrt())
+    along = float(lora_alignment_projection(A, B, scale, U * (S / norm), W)) ** 2 if norm > 0 else 0.0
     return total, left, block, along
 
 
