@@ -24,6 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from safeft.asft.direction import Direction
+from safeft.asft.geometry import update_geometry
+
 ATTACKS = ("direct", "completion")
 TASK = "sst2"
 
@@ -33,8 +36,9 @@ def _last(log: list[dict], key: str) -> float | None:
     return values[-1] if values else None
 
 
-def load_run(out: Path, name: str) -> dict[str, Any]:
-    """ASR per attack, task accuracy and the final penalties of run ``name``."""
+def load_run(out: Path, name: str, direction: Direction | None = None) -> dict[str, Any]:
+    """ASR per attack, task accuracy and the final penalties of run ``name`` (and, given the
+    experiment's direction, the geometry of its adapter)."""
     path = out / f"eval_{name}" / "results.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no results (run `safeft eval ... --out {path.parent}`)")
@@ -55,10 +59,8 @@ def load_run(out: Path, name: str) -> dict[str, Any]:
         row["asft_penalty"] = _last(log, "asft_penalty")
         row["anti_direction"] = _last(log, "anti_direction")
         row["task_loss"] = _last(log, "task_loss")
-    adapter, direction = out / name / "adapter", out / "direction"
-    if (adapter / "adapter_config.json").is_file() and (direction / "direction.json").is_file():
-        from safeft.asft.geometry import update_geometry
-
+    adapter = out / name / "adapter"
+    if direction is not None and (adapter / "adapter_config.json").is_file():
         row["geometry"] = update_geometry(adapter, direction).as_dict()
     return row
 
@@ -137,7 +139,9 @@ def summarise(out: Path, names: list[str]) -> list[dict]:
     """Load every run, check the targets, write summary.md / summary.json into ``out``."""
     if len(names) < 2:
         raise ValueError("give at least the aligned model and the plain-LoRA baseline")
-    rows = [load_run(out, n) for n in names]
+    folder = out / "direction"
+    direction = Direction.load(folder) if (folder / "direction.json").is_file() else None  # read once
+    rows = [load_run(out, n, direction) for n in names]
     check_targets(rows)
     (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     (out / "summary.md").write_text(markdown(rows))
