@@ -204,3 +204,38 @@ def test_validation_tasks_must_not_share_a_task_file_with_the_reported_suite(tmp
         load_sweep(sweep)
     sweep.write_text(yaml.safe_dump({**base, "validation_tasks": {"suite": "tasks.yaml"}}))
     assert load_sweep(sweep)[0].validation_tasks.suite == str(tmp_path / "tasks.yaml")
+
+
+def test_a_point_setting_one_field_of_a_section_keeps_the_overrides_other_fields(tmp_path, monkeypatch):
+    """overrides ``check: {before: false}`` + point ``check: {select: best}``: the train command gets both
+    (the sections merge key by key; before 2026-11-27 the point's section replaced the overrides')."""
+    import safeft.sweep as sweep_mod
+    from safeft.sweep import PointSpec, SweepConfig, run_point
+
+    commands: list[list[str]] = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_run(cmd, log_file):
+        commands.append(cmd)
+        raise Stop
+
+    monkeypatch.setattr(sweep_mod, "_run", fake_run)
+    config = SweepConfig(
+        recipe="r.yaml",
+        output_dir=str(tmp_path),
+        overrides={"check": {"before": False, "n": 2}, "learning_rate": 1e-4},
+        points=[PointSpec("p", set={"check": {"select": "best"}, "learning_rate": 2e-4})],
+    )
+    with pytest.raises(Stop):
+        run_point(config, config.points[0], tmp_path)
+    args = commands[0][commands[0].index("train") :]
+    pairs = dict(zip(args[3::2], args[4::2], strict=True))
+    assert pairs == {
+        "--check.before": "false",
+        "--check.n": "2",
+        "--check.select": "best",
+        "--learning_rate": "0.0002",
+        "--output_dir": str(tmp_path / "p"),
+    }

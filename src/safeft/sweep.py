@@ -202,7 +202,7 @@ def run_point(config: SweepConfig, point: PointSpec, root: Path) -> dict[str, An
     folder.mkdir(parents=True, exist_ok=True)
     started.write_text(json.dumps(settings, indent=1))
     exe = [sys.executable, "-m", "safeft.cli"]
-    train_args = {**config.overrides, **point.set, "output_dir": str(folder)}
+    train_args = {**settings, "output_dir": str(folder)}  # merged key by key: nested sections combine
     log.info("sweep: training %s", point.name)
     _run([*exe, "train", "--config", config.recipe, *override_args(train_args)], folder / "sweep.log")
     evaluation = None
