@@ -175,7 +175,7 @@ def test_demo_pipeline_on_tiny_model_resumes(tiny_model_dir, tmp_path, capsys, m
     out = Path("demo")
     results = run_demo(tiny_config(tiny_model_dir, out))
     names = [s["name"] for s in json.loads((out / "stages.json").read_text())[-1]["stages"]]
-    assert len(names) == 15 and all(is_done(out, n) for n in names)
+    assert len(names) == 17 and all(is_done(out, n) for n in names)
     assert [row[0] for row in results["table"]["rows"]] == [
         "original",
         "vanilla safety SFT",
@@ -183,7 +183,12 @@ def test_demo_pipeline_on_tiny_model_resumes(tiny_model_dir, tmp_path, capsys, m
         "DeRTa -> LoRA on contaminated task",
         "DeRTa -> Safe LoRA",
         "DeRTa -> AsFT on contaminated task",
+        "DeRTa -> L2 penalty, no direction (AsFT's control)",
     ]
+    # AsFT's control: the same lambda with C = 0 (no direction); AsFT is compared with it
+    assert "projector: none" in (out / "task_l2" / "recipe.yaml").read_text()
+    assert "projector: svd" in (out / "task_asft" / "recipe.yaml").read_text()
+    assert {(v["method"], v["baseline"]) for v in results["comparisons"]} >= {("task_asft", "task_l2")}
     meta = results["demo"]
     # every held-out harmful prompt is answered; n counts the judged ones (gibberish is counted apart)
     direct = results["runs"]["derta"]["attacks"]["prefill-harmful-k=0"]
@@ -235,7 +240,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo_quick"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert len(results["table"]["rows"]) == 6
+    assert len(results["table"]["rows"]) == 7
     assert results["demo"]["peak_rss_bytes"] > 0  # reported; the 6 GB / 5 min targets are not unit-tested
     assert (out / "report.html").is_file() and (out / "plots").is_dir()
     printed = capsys.readouterr().out

@@ -2,7 +2,7 @@
 
 Stages (each skipped when ``<out>/<stage>/stage.json`` exists): ``original`` -> ``data`` ->
 ``self_distill`` -> ``derta`` and ``vanilla_sft`` (stage 1) -> ``direction`` -> ``task_lora`` and
-``task_asft`` -> ``safelora`` (stage 2) -> ``eval_<model>`` for the six models; then the table,
+``task_asft`` -> ``task_l2`` -> ``safelora`` (stage 2) -> ``eval_<model>`` for the seven models; then the table,
 ``results.json``, ``report.md`` and ``report.html`` are written and the table is printed.
 Modules: :mod:`~safeft.demo.config` (budgets), :mod:`~safeft.demo.stages` (resume, progress),
 :mod:`~safeft.demo.data` / :mod:`~safeft.demo.task` (splits), :mod:`~safeft.demo.train`,

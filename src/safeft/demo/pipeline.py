@@ -34,7 +34,7 @@ CONFIG_FILE = "demo_config.yaml"
 
 
 def model_specs(out: Path) -> list[ModelSpec]:
-    """The six rows of the table, in order."""
+    """The seven rows of the table, in order."""
     return [
         ModelSpec("original", "original", out / "original" / "model"),
         ModelSpec("vanilla_sft", "vanilla safety SFT", out / "vanilla_sft" / "merged"),
@@ -42,6 +42,7 @@ def model_specs(out: Path) -> list[ModelSpec]:
         ModelSpec("task_lora", "DeRTa -> LoRA on contaminated task", out / "task_lora" / "merged"),
         ModelSpec("safelora", "DeRTa -> Safe LoRA", out / "derta" / "merged", out / "safelora" / "adapter"),
         ModelSpec("task_asft", "DeRTa -> AsFT on contaminated task", out / "task_asft" / "merged"),
+        ModelSpec("task_l2", "DeRTa -> L2 penalty, no direction (AsFT's control)", out / "task_l2" / "merged"),
     ]
 
 
@@ -64,6 +65,7 @@ def estimates(c: DemoConfig) -> dict[str, float]:
         "direction": 5.0,
         "task_lora": 8 + t.epochs * t.n_train * task_tokens / TRAIN_TOKENS_PER_S,
         "task_asft": 8 + t.epochs * t.n_train * task_tokens / TRAIN_TOKENS_PER_S,
+        "task_l2": 8 + t.epochs * t.n_train * task_tokens / TRAIN_TOKENS_PER_S,
         "safelora": 2.0,
         "eval": 4 + (gens * e.max_new_tokens + t.n_eval * 4) / GEN_TOKENS_PER_S,
     }
@@ -122,6 +124,14 @@ def build_stages(config: DemoConfig, out: Path) -> list[Stage]:
             "stage 2: AsFT on the contaminated task",
             lambda f: train.train_task(config, f, derta, data, direction, config.task.asft_lambda),
             est["task_asft"],
+        ),
+        Stage(
+            "task_l2",
+            "stage 2: AsFT's control, the same lambda on ||s B A||^2 (C = 0: no direction)",
+            lambda f: train.train_task(
+                config, f, derta, data, direction, config.task.asft_lambda, projector="none"
+            ),
+            est["task_l2"],
         ),
         Stage(
             "safelora",

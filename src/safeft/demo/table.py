@@ -44,6 +44,10 @@ COMPARISONS = [
     ("task_asft", "task_lora", "asr_direct", True),
     ("task_asft", "task_lora", "asr_prefill", True),
     ("task_asft", "task_lora", "task", False),
+    # the control: does AsFT's direction matter, or would any penalty on the update's size do as well?
+    ("task_asft", "task_l2", "asr_direct", True),
+    ("task_asft", "task_l2", "asr_prefill", True),
+    ("task_asft", "task_l2", "task", False),
     ("safelora", "task_lora", "asr_direct", True),
     ("safelora", "task_lora", "task", False),
 ]

@@ -129,10 +129,17 @@ def compute_alignment_direction(
 
 
 def train_task(
-    config: DemoConfig, folder: Path, aligned: Path, data: Path, direction: Path, penalty_lambda: float
+    config: DemoConfig,
+    folder: Path,
+    aligned: Path,
+    data: Path,
+    direction: Path,
+    penalty_lambda: float,
+    projector: str = "svd",
 ) -> dict[str, Any]:
-    """LoRA on the contaminated task from the DeRTa model: plain (lambda 0) or AsFT (lambda > 0).
-    The direction is bound in both runs, so both logs show how far the update leaves the safety basin."""
+    """LoRA on the contaminated task from the DeRTa model: plain (lambda 0), AsFT (lambda > 0, ``svd``)
+    or its control (lambda > 0, ``none``: C = 0, the penalty is lambda ||s B A||^2 whatever the direction).
+    The direction is bound in every run, so the logs show how far the update leaves the safety basin."""
     from safeft.asft.trainer import AsFTConfig, train_asft
 
     t = config.task
@@ -142,7 +149,7 @@ def train_task(
         train_data=[SourceConfig(path=str(data / FILES["task_train"]))],
         direction=str(direction),
         penalty_lambda=penalty_lambda,
-        projector="svd",
+        projector=projector,
         lora=LoraSettings(r=t.lora_r, alpha=t.lora_alpha, target_modules=list(ASFT_TARGETS)),
         learning_rate=t.learning_rate,
         num_train_epochs=t.epochs,
