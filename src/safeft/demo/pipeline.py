@@ -42,7 +42,11 @@ def model_specs(out: Path) -> list[ModelSpec]:
         ModelSpec("task_lora", "DeRTa -> LoRA on contaminated task", out / "task_lora" / "merged"),
         ModelSpec("safelora", "DeRTa -> Safe LoRA", out / "derta" / "merged", out / "safelora" / "adapter"),
         ModelSpec("task_asft", "DeRTa -> AsFT on contaminated task", out / "task_asft" / "merged"),
-        ModelSpec("task_l2", "DeRTa -> L2 penalty, no direction (AsFT's control)", out / "task_l2" / "merged"),
+        ModelSpec(
+            "task_l2",
+            "DeRTa -> L2 penalty, no direction (AsFT's control)",
+            out / "task_l2" / "merged",
+        ),
     ]
 
 
