@@ -289,6 +289,26 @@ def test_fsdp2_sparse_head_loss_and_gathered_save_on_cpu(tmp_path, tiny_model_di
         torch.testing.assert_close(merged[name], want[name], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.distributed
+def test_fsdp2_asft_penalty_matches_an_unsharded_run_on_cpu(tmp_path, tiny_model_dir):
+    """AsFT's penalty (svd + anti-direction term) bound before FSDP2 shards the model: equal to the
+    unsharded copy's at every step, and the trained LoRA weights match a full-batch unsharded run."""
+    reports = run_launcher(torchrun("dist_fsdp_asft.py", tiny_model_dir, tmp_path), tmp_path)
+    for r in reports:
+        assert r["sharded"] and r["penalty_fell"]
+        assert r["penalty"][0] > 0
+        for got, want in zip(r["penalty"], r["reference_penalty"], strict=True):
+            assert got == pytest.approx(want, rel=1e-5)
+        for got, want in r["anti"]:
+            assert got == pytest.approx(want, rel=1e-5, abs=1e-9)
+    rank0, rank1 = (load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1))
+    reference = load_file(tmp_path / "reference.safetensors")
+    assert rank0.keys() == rank1.keys() == reference.keys() and rank0
+    for name in reference:
+        torch.testing.assert_close(rank0[name], reference[name], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(rank1[name], rank0[name], rtol=0, atol=0)
+
+
 FSDP_ON_CPU = (
     "accelerate runs FSDP only on GPUs: on the CPU `accelerate launch` with distributed_type FSDP trains "
     "with plain DDP (AcceleratorState keeps DistributedType.MULTI_CPU and Trainer.is_fsdp_enabled is False, "
@@ -361,7 +381,8 @@ def test_sharded_training_reads_the_launch_and_the_recipe(
 
 
 def test_sharded_training_refuses_asft_penalty_and_select_best(monkeypatch, tmp_path, tiny_model_dir):
-    """Both read whole weights on one rank outside the forward: refused before anything loads."""
+    """Both read whole weights outside the forward: refused before anything loads (AsFT's penalty under
+    FSDP 1 or ZeRO-3 only: under FSDP2 it all-gathers the factors, test above)."""
     import safeft.training.base as base
     from safeft.asft.trainer import AsFTConfig, train_asft
     from safeft.check import train_with_check
@@ -369,6 +390,7 @@ def test_sharded_training_refuses_asft_penalty_and_select_best(monkeypatch, tmp_
     from safeft.derta.trainer import DeRTaConfig
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
     monkeypatch.setattr(base, "has_accelerator", lambda: True)
     (tmp_path / "task.json").write_text(json.dumps([{"instruction": "Say hi.", "output": "Hi."}]))
     asft = from_dict(
@@ -380,8 +402,44 @@ def test_sharded_training_refuses_asft_penalty_and_select_best(monkeypatch, tmp_
             "direction": str(tmp_path / "direction"),
         },
     )
-    with pytest.raises(ConfigError, match=r"AsFT with a direction cannot train a model sharded.*DDP"):
+    with pytest.raises(ConfigError, match=r"AsFT with a direction cannot train a model sharded by FSDP 1"):
         train_asft(asft)
     derta = from_dict(DeRTaConfig, {"output_dir": str(tmp_path / "d"), "check": {"select": "best"}})
     with pytest.raises(ConfigError, match=r"check\.select: best .* sharded .* use check\.select: last"):
         train_with_check(derta, None, None, None, [], set())
+
+
+@pytest.mark.parametrize(
+    ("env", "trainer", "refused"),
+    [
+        ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}, {}, False),
+        ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, {}, True),
+        ({"ACCELERATE_USE_FSDP": "true"}, {}, True),  # accelerate's default is FSDP 1
+        ({}, {"fsdp": "full_shard"}, False),  # transformers' fsdp_config version defaults to 2
+        ({}, {"fsdp": "full_shard", "fsdp_config": {"version": 1}}, True),
+        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, {}, True),
+        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, {}, False),
+    ],
+)
+def test_asft_penalty_is_refused_under_fsdp1_and_zero3_only(monkeypatch, env, trainer, refused):
+    import safeft.training.base as base
+    from safeft.asft.trainer import AsFTConfig, refuse_sharded_penalty
+    from safeft.config import ConfigError
+
+    for name in (
+        "ACCELERATE_USE_FSDP",
+        "FSDP_VERSION",
+        "ACCELERATE_USE_DEEPSPEED",
+        "ACCELERATE_DEEPSPEED_ZERO_STAGE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(base, "has_accelerator", lambda: True)
+    config = AsFTConfig(direction="some/direction", trainer=trainer)
+    if refused:
+        with pytest.raises(ConfigError, match="FSDP 1 or DeepSpeed ZeRO-3"):
+            refuse_sharded_penalty(config)
+    else:
+        refuse_sharded_penalty(config)
+    refuse_sharded_penalty(AsFTConfig(direction=None, trainer=trainer))  # no direction: plain LoRA

@@ -48,6 +48,7 @@ term summed over all LoRA layers.
 :class:`AsFTPenalty` binds a :class:`~safeft.asft.direction.Direction` to a PEFT model once, groups
 layers of equal shape and evaluates each group with a handful of batched matmuls, in float32 with
 autocast off. Gradients flow into the LoRA factors only: the projector factors are constant buffers.
+Under FSDP2 the factors are DTensor shards outside the forward; :func:`whole` all-gathers them.
 """
 
 from __future__ import annotations
@@ -63,6 +64,13 @@ from safeft.asft.projectors import VARIANTS, PaperProjector, Projector, SVDProje
 from safeft.asft.targets import strip_peft_prefix
 
 log = logging.getLogger(__name__)
+
+
+def whole(weight: Tensor) -> Tensor:
+    """A LoRA factor whole. Outside the forward, FSDP2 (``fully_shard``) holds each parameter as a
+    DTensor shard; ``full_tensor()`` all-gathers it (a collective: every rank evaluates the penalty) and
+    is differentiable, the gradient coming back as this rank's shard. Plain tensors pass as they are."""
+    return weight.full_tensor() if hasattr(weight, "full_tensor") else weight
 
 
 def lora_residual(A: Tensor, B: Tensor, scale: float | Tensor, projector: Projector) -> Tensor:
@@ -282,8 +290,8 @@ class AsFTPenalty:
 
     def _factors(self, group: _Group) -> tuple[Tensor, Tensor]:
         ad = self.adapter_name
-        A = torch.stack([m.lora_A[ad].weight for m in group.modules]).float()
-        B = torch.stack([m.lora_B[ad].weight for m in group.modules]).float()
+        A = torch.stack([whole(m.lora_A[ad].weight) for m in group.modules]).float()
+        B = torch.stack([whole(m.lora_B[ad].weight) for m in group.modules]).float()
         return A, B
 
     def per_layer(self) -> dict[str, Tensor]:

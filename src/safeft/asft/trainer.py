@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -247,15 +248,28 @@ def bind_penalty(
     return penalty
 
 
+def fsdp2_training(config: AsFTConfig) -> bool:
+    """Whether a sharded run shards with FSDP2 (``fully_shard``): ``accelerate launch`` with
+    ``fsdp_version: 2`` (it exports FSDP_VERSION) or the recipe's ``trainer: {fsdp: ...}``, whose
+    ``fsdp_config.version`` transformers defaults to 2."""
+    env_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if env_fsdp:
+        return os.environ.get("FSDP_VERSION", "1") == "2"
+    extras = config.trainer or {}
+    fsdp_config = extras.get("fsdp_config") or {}
+    return bool(extras.get("fsdp")) and int(fsdp_config.get("version", 2)) == 2
+
+
 def refuse_sharded_penalty(config: AsFTConfig) -> None:
-    """AsFT's penalty reads the LoRA weights outside the model's forward, where FSDP and ZeRO-3 hold
-    only a shard of them (under FSDP2 it fails with "aten.bmm.default got mixed torch.Tensor and
-    DTensor"): refuse such a launch before anything loads, on every rank."""
-    if config.direction and sharded_training(config):
+    """AsFT's penalty reads the LoRA weights outside the model's forward. FSDP2 holds them there as
+    DTensor shards, which the penalty all-gathers (:func:`safeft.asft.penalty.whole`; tested on 2 CPU
+    processes against an unsharded run). FSDP 1 and DeepSpeed ZeRO-3 hold flat or partitioned shards
+    the penalty cannot read: refuse such a launch before anything loads, on every rank."""
+    if config.direction and sharded_training(config) and not fsdp2_training(config):
         raise ConfigError(
-            "AsFT with a direction cannot train a model sharded over the processes (FSDP, DeepSpeed "
-            "ZeRO-3): its penalty reads whole LoRA weights outside the forward; launch with DDP "
-            "(accelerate/ddp.yaml or torchrun) instead"
+            "AsFT with a direction cannot train a model sharded by FSDP 1 or DeepSpeed ZeRO-3: its "
+            "penalty reads whole LoRA weights outside the forward; use FSDP2 (accelerate/fsdp.yaml, "
+            "fsdp_version: 2) or DDP (accelerate/ddp.yaml, torchrun)"
         )
 
 
