@@ -83,6 +83,10 @@ def test_select_best_keeps_the_adapter_of_the_best_validated_checkpoint(tmp_path
     best_weights = load_file(run / "best_adapter/adapter_model.safetensors")
     assert kept.keys() == best_weights.keys()
     assert all(torch.equal(kept[k], best_weights[k]) for k in kept)
+    curve = (run / "validation.md").read_text().splitlines()  # the per-step validation curve
+    assert curve[0].startswith("| step | compliant direct | compliant pre-filled |")
+    assert [line.split(" | ")[0] for line in curve[2:]] == ["| 2", "| 4"]
+    assert all(line.endswith(f"{h['score']:.3f} |") for line, h in zip(curve[2:], history, strict=True))
 
 
 def test_held_out_prompts_must_not_be_trained_on(tmp_path, tiny_model_dir, capsys):
