@@ -62,12 +62,21 @@ def mean_loss(model: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tenso
     return losses.mean()
 
 
-def sgd_step(model: torch.nn.Module) -> None:
+def sgd_step(model: torch.nn.Module, lr: float = LR) -> None:
     with torch.no_grad():
         for p in model.parameters():
             if p.grad is not None:
-                p.add_(p.grad, alpha=-LR)
+                p.add_(p.grad, alpha=-lr)
                 p.grad = None
+
+
+def finish(report: Path, seen: dict, what: str) -> None:
+    """Write this rank's report, wait for the other rank, leave the process group."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    (report / f"rank{rank}.json").write_text(json.dumps(seen, indent=1))
+    dist.barrier()
+    dist.destroy_process_group()
+    print(f"rank {rank} of {world}: {what}", flush=True)
 
 
 def full(t: torch.Tensor) -> torch.Tensor:
@@ -165,10 +174,7 @@ def main(model_dir: str, report_dir: str) -> None:
         reference.save_pretrained(report / "reference_adapter")
         reference.merge_and_unload().save_pretrained(report / "reference_merged")
     save_from_gathered(model_dir, report / "run", model, tokenizer, seen)
-    (report / f"rank{rank}.json").write_text(json.dumps(seen, indent=1))
-    dist.barrier()
-    dist.destroy_process_group()
-    print(f"rank {rank} of {world}: {STEPS} FSDP2 steps", flush=True)
+    finish(report, seen, f"{STEPS} FSDP2 steps")
 
 
 if __name__ == "__main__":

@@ -19,13 +19,12 @@ Usage: python dist_fsdp_asft.py MODEL_DIR REPORT_DIR
 from __future__ import annotations
 
 import copy
-import json
 import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from dist_fsdp import LORA, batch, mean_loss, shard, trainable
+from dist_fsdp import LORA, batch, finish, mean_loss, sgd_step, shard, trainable
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
@@ -38,14 +37,6 @@ from safeft.training.token_loss import is_sharded
 STEPS = 3
 LAMBDA = 0.5
 LR = 0.05  # small enough that the penalty shrinks step by step (dist_fsdp.py's 0.5 diverges here)
-
-
-def sgd_step(model: torch.nn.Module) -> None:
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.grad is not None:
-                p.add_(p.grad, alpha=-LR)
-                p.grad = None
 
 
 def build_direction(model_dir: str, folder: Path) -> None:
@@ -98,8 +89,8 @@ def main(model_dir: str, report_dir: str) -> None:
         seen["penalty"].append(value)
         seen["reference_penalty"].append(ref_value)
         seen["anti"].append([anti, ref_anti])
-        sgd_step(model)
-        sgd_step(reference)
+        sgd_step(model, LR)
+        sgd_step(reference, LR)
     sharded_weights, reference_weights = trainable(model), trainable(reference)
     seen["max_weight_difference"] = max(
         (sharded_weights[n] - v).abs().max().item() for n, v in reference_weights.items()
@@ -108,10 +99,7 @@ def main(model_dir: str, report_dir: str) -> None:
     save_file(sharded_weights, str(report / f"rank{rank}.safetensors"))
     if rank == 0:
         save_file(reference_weights, str(report / "reference.safetensors"))
-    (report / f"rank{rank}.json").write_text(json.dumps(seen, indent=1))
-    dist.barrier()
-    dist.destroy_process_group()
-    print(f"rank {rank} of {world}: {STEPS} FSDP2 AsFT steps", flush=True)
+    finish(report, seen, f"{STEPS} FSDP2 AsFT steps")
 
 
 if __name__ == "__main__":
