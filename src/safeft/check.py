@@ -226,37 +226,37 @@ class BestCheckpointCallback(TrainerCallback):
         return control
 
 
-#: (column, check group, rate) of :func:`validation_curve`
-CURVE_COLUMNS = [
+#: (column, check group, rate) of :func:`validation_curve`, after which its loops column comes
+CURVE_RATES = [
     ("compliant direct", "harmful_direct", "compliant_rate"),
     ("compliant pre-filled", "harmful_prefill", "compliant_rate"),
-    ("loops direct / pre-filled", "harmful_direct", "repetitive_rate"),
     ("edgy refused", "benign", "refusal_rate"),
     ("everyday refused", "everyday", "refusal_rate"),
 ]
 
 
+def _curve_cell(result: dict, group: str, rate: str, with_n: bool = True) -> str:
+    g = result.get(group)
+    return "-" if not g else f"{100 * g[rate]:.0f}%" + (f" (n={g['n']})" if with_n else "")
+
+
 def validation_curve(folder: Path) -> str:
     """The validation check of every saved step (``<folder>/step-<N>.json``) as a markdown table: how
-    harmful-prompt compliance and over-refusal move during training (keyword judge: refusal, not harm;
-    lower is better in every column), with each step's :func:`selection_score`."""
+    harmful-prompt compliance, loops and over-refusal move during training (keyword judge: refusal, not
+    harm; lower is better in every column), with each step's :func:`selection_score`."""
     steps = sorted(
         (int(p.stem.removeprefix("step-")), json.loads(p.read_text()))
         for p in folder.glob("step-*.json")
         if p.stem.removeprefix("step-").isdigit()
     )
-    head = ["step", *(c for c, _, _ in CURVE_COLUMNS), "score"]
+    head = ["step", *(c for c, _, _ in CURVE_RATES[:2]), "loops direct / pre-filled"]
+    head += [*(c for c, _, _ in CURVE_RATES[2:]), "score"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for step, result in steps:
-        cells = [str(step)]
-        for column, group, rate in CURVE_COLUMNS:
-            if column.startswith("loops"):
-                pair = [result.get(g, {}).get(rate) for g in ("harmful_direct", "harmful_prefill")]
-                cells.append(" / ".join("-" if v is None else f"{100 * v:.0f}%" for v in pair))
-                continue
-            g = result.get(group)
-            cells.append("-" if not g else f"{100 * g[rate]:.0f}% (n={g['n']})")
-        cells.append(f"{selection_score(result):.3f}")
+        rates = [_curve_cell(result, group, rate) for _, group, rate in CURVE_RATES]
+        harmful = ("harmful_direct", "harmful_prefill")
+        loops = " / ".join(_curve_cell(result, g, "repetitive_rate", with_n=False) for g in harmful)
+        cells = [str(step), *rates[:2], loops, *rates[2:], f"{selection_score(result):.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -50,7 +49,14 @@ from safeft.check import CheckConfig, normalise, train_with_check
 from safeft.config import ConfigError
 from safeft.data.chat import KIND_MLE
 from safeft.data.sources import SourceConfig
-from safeft.training.base import LoraSettings, SafeFTTrainer, TrainConfig, load_for_training, sharded_training
+from safeft.training.base import (
+    LoraSettings,
+    SafeFTTrainer,
+    TrainConfig,
+    load_for_training,
+    sharded_training,
+    sharded_with_fsdp2,
+)
 from safeft.training.token_loss import token_losses
 
 log = logging.getLogger(__name__)
@@ -248,24 +254,12 @@ def bind_penalty(
     return penalty
 
 
-def fsdp2_training(config: AsFTConfig) -> bool:
-    """Whether a sharded run shards with FSDP2 (``fully_shard``): ``accelerate launch`` with
-    ``fsdp_version: 2`` (it exports FSDP_VERSION) or the recipe's ``trainer: {fsdp: ...}``, whose
-    ``fsdp_config.version`` transformers defaults to 2."""
-    env_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-    if env_fsdp:
-        return os.environ.get("FSDP_VERSION", "1") == "2"
-    extras = config.trainer or {}
-    fsdp_config = extras.get("fsdp_config") or {}
-    return bool(extras.get("fsdp")) and int(fsdp_config.get("version", 2)) == 2
-
-
 def refuse_sharded_penalty(config: AsFTConfig) -> None:
     """AsFT's penalty reads the LoRA weights outside the model's forward. FSDP2 holds them there as
     DTensor shards, which the penalty all-gathers (:func:`safeft.asft.penalty.whole`; tested on 2 CPU
     processes against an unsharded run). FSDP 1 and DeepSpeed ZeRO-3 hold flat or partitioned shards
     the penalty cannot read: refuse such a launch before anything loads, on every rank."""
-    if config.direction and sharded_training(config) and not fsdp2_training(config):
+    if config.direction and sharded_training(config) and not sharded_with_fsdp2(config):
         raise ConfigError(
             "AsFT with a direction cannot train a model sharded by FSDP 1 or DeepSpeed ZeRO-3: its "
             "penalty reads whole LoRA weights outside the forward; use FSDP2 (accelerate/fsdp.yaml, "

@@ -60,6 +60,7 @@ def estimates(c: DemoConfig) -> dict[str, float]:
     triple_tokens = 2 * min(a.max_length, 170) + 110  # prefix row + RTO row + one helpful row
     task_tokens = 0.9 * 75 + 0.1 * t.max_length
     gens = d.n_eval_harmful * (len(e.ks) + 1) + d.n_overrefusal
+    task_run = 8 + t.epochs * t.n_train * task_tokens / TRAIN_TOKENS_PER_S  # plain LoRA, AsFT, control
     return {
         "original": 25.0 if c.model in EMBEDDED_MODELS or c.model.endswith(".gguf") else 3.0,
         "data": 3.0,
@@ -67,9 +68,9 @@ def estimates(c: DemoConfig) -> dict[str, float]:
         "derta": 8 + a.epochs * d.n_train_triples * triple_tokens / TRAIN_TOKENS_PER_S,
         "vanilla_sft": 8 + a.epochs * d.n_train_triples * 180 / TRAIN_TOKENS_PER_S,
         "direction": 5.0,
-        "task_lora": 8 + t.epochs * t.n_train * task_tokens / TRAIN_TOKENS_PER_S,
-        "task_asft": 8 + t.epochs * t.n_train * task_tokens / TRAIN_TOKENS_PER_S,
-        "task_l2": 8 + t.epochs * t.n_train * task_tokens / TRAIN_TOKENS_PER_S,
+        "task_lora": task_run,
+        "task_asft": task_run,
+        "task_l2": task_run,
         "safelora": 2.0,
         "eval": 4 + (gens * e.max_new_tokens + t.n_eval * 4) / GEN_TOKENS_PER_S,
     }

@@ -387,6 +387,16 @@ def sharded_training(config: TrainConfig) -> bool:
     return has_accelerator() and (fsdp or launched_zero3 or _zero_stage(extras.get("deepspeed")) == 3)
 
 
+def sharded_with_fsdp2(config: TrainConfig) -> bool:
+    """Whether an FSDP run shards with FSDP2 (``fully_shard``, DTensor parameters): ``accelerate launch``
+    with ``fsdp_version: 2`` (it exports FSDP_VERSION; 1 by default) or the recipe's ``trainer: {fsdp:
+    ...}``, whose ``fsdp_config.version`` transformers defaults to 2."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return os.environ.get("FSDP_VERSION", "1") == "2"
+    extras = getattr(config, "trainer", None) or {}
+    return bool(extras.get("fsdp")) and int((extras.get("fsdp_config") or {}).get("version", 2)) == 2
+
+
 def load_for_training(config: TrainConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The model (with LoRA adapters if enabled) and tokenizer of a recipe."""
     config.validate()
