@@ -34,6 +34,8 @@ from safeft.asft.penalty import AsFTPenalty
 from safeft.training.base import add_lora
 from safeft.training.token_loss import is_sharded
 
+from conftest import randomise_lora_b
+
 STEPS = 3
 LAMBDA = 0.5
 LR = 0.05  # small enough that the penalty shrinks step by step (dist_fsdp.py's 0.5 diverges here)
@@ -68,12 +70,8 @@ def main(model_dir: str, report_dir: str) -> None:
     dist.barrier()
     direction = Direction.load(report / "direction")
     torch.manual_seed(0)
-    model = add_lora(AutoModelForCausalLM.from_pretrained(report / "aligned"), LORA)
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():  # PEFT starts B at 0 (no update, zero penalty); start from a real update
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    # PEFT starts B at 0 (no update, zero penalty): start from a real update
+    model = randomise_lora_b(add_lora(AutoModelForCausalLM.from_pretrained(report / "aligned"), LORA), seed=5)
     reference = copy.deepcopy(model)
     penalty = AsFTPenalty(model, direction, "svd", anti_direction=True)
     reference_penalty = AsFTPenalty(reference, direction, "svd", anti_direction=True)

@@ -10,7 +10,7 @@ from safeft.asft.build import DirectionRequest, compute_direction
 from safeft.asft.direction import DirectionError
 from safeft.asft.penalty import AsFTPenalty, find_lora_layers, naive_residual
 
-from conftest import make_tiny_model, perturb_attention
+from conftest import make_tiny_model, perturb_attention, randomise_lora_b
 
 VOCAB = 64
 
@@ -36,12 +36,7 @@ def lora_model(base=None, targets=("q_proj", "v_proj"), seed=5):
         base if base is not None else perturbed(1),
         LoraConfig(r=4, lora_alpha=16, target_modules=list(targets)),
     )
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:  # PEFT initialises B = 0 (zero penalty); give it a real value
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    return model
+    return randomise_lora_b(model, seed)  # PEFT initialises B = 0 (zero penalty); give it a real value
 
 
 @pytest.mark.parametrize("variant", ["svd", "paper"])
