@@ -7,13 +7,16 @@
 # Budget knobs (environment): ROWS (task rows, harmful share kept; 400), EPOCHS (1), MAX_LENGTH (128),
 #   OFFICIAL_EPOCHS (the official recipe's 10, cut to 1 by default), ANTI (anti-direction lambda; 100),
 #   RUNS (which runs, in order; the first must be plain_lora), SAFELORA=1 adds Safe LoRA on plain LoRA,
-#   EVAL_LIMIT (prompts per set and task, for a smoke run; default: the suite's 50 / 100).
+#   EVAL_LIMIT (prompts per set and task, for a smoke run; default: the suite's 50 / 100),
+#   EVAL_SUITE (suites/asft_sst2.yaml; suites/asft_sst2_n100.yaml asks twice as many).
 # Runs: plain_lora (lambda 0) | asft_svd (lambda 1, svd, s B A) | asft_official (recipes/
 #   asft_sst2_official.yaml: paper C on B A, lr 5e-5, StepLR 0.85, Alpaca layout, harmful rows under
 #   their system prompt) | plain_lora_official (the same recipe with lambda 0) | asft_anti (asft_svd +
 #   anti-direction term) | asft_lambda10 | asft_k2 (svd with the top 2 directions only) | asft_two_sided
 #   (asft_svd with two_sided: true, penalising dW - U_k U_k^T dW W_k W_k^T) | asft_l2 (projector none:
-#   C = 0, the penalty is ||s B A||_F^2; the control for "a small update" without the direction).
+#   C = 0, the penalty is ||s B A||_F^2; the control for "a small update" without the direction) |
+#   asft_svd_official (the official recipe with the svd projector, on B A unscaled: only C differs from
+#   asft_official).
 # Every step is skipped when its output exists, so an interrupted run resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +32,7 @@ OFFICIAL_EPOCHS=${OFFICIAL_EPOCHS:-1}
 MAX_LENGTH=${MAX_LENGTH:-128}
 ANTI=${ANTI:-100}
 RUNS=${RUNS:-plain_lora asft_svd asft_official asft_anti}
+EVAL_SUITE=${EVAL_SUITE:-suites/asft_sst2.yaml}
 mkdir -p "$OUT"
 [ -d "$ALIGNED" ] || $SAFEFT train --config recipes/derta_smollm2.yaml --output_dir "$(dirname "$ALIGNED")"
 [ -f "$OUT/direction/direction.json" ] || $SAFEFT direction --aligned "$ALIGNED" \
@@ -45,7 +49,7 @@ evaluate() {  # NAME [safeft eval flags...]
   local name=$1
   shift
   [ -f "$OUT/eval_$name/results.json" ] || $SAFEFT eval --model "$ALIGNED" "$@" ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"} \
-    --suite suites/asft_sst2.yaml --data-dir "$DATA" --out "$OUT/eval_$name"
+    --suite "$EVAL_SUITE" --data-dir "$DATA" --out "$OUT/eval_$name"
 }
 evaluate aligned
 for run in $RUNS; do
@@ -55,6 +59,8 @@ for run in $RUNS; do
     asft_official) train "$run" recipes/asft_sst2_official.yaml --num_train_epochs "$OFFICIAL_EPOCHS" ;;
     plain_lora_official) train "$run" recipes/asft_sst2_official.yaml --num_train_epochs "$OFFICIAL_EPOCHS" \
       --penalty_lambda 0 ;;
+    asft_svd_official) train "$run" recipes/asft_sst2_official.yaml --num_train_epochs "$OFFICIAL_EPOCHS" \
+      --projector svd ;;
     asft_anti) train "$run" recipes/asft_sst2_smollm2.yaml --num_train_epochs "$EPOCHS" \
       --anti_direction_lambda "$ANTI" ;;
     asft_lambda10) train "$run" recipes/asft_sst2_smollm2.yaml --num_train_epochs "$EPOCHS" --penalty_lambda 10 ;;

@@ -48,3 +48,27 @@ def test_selection_score_counts_loops_on_benign_prompts_as_failures():
     # a benign answer that is both a refusal and a loop counts once
     both = {"benign": group(0.5, 0.5, 0.5)}
     assert selection_score(both) == 0.5
+
+
+def test_a_validation_set_smaller_than_n_is_used_whole_and_named_in_a_warning(tmp_path, caplog):
+    import json
+    import logging
+
+    from safeft.check import CheckConfig, load_check_sets
+    from safeft.data.sources import SourceConfig
+
+    harmful = tmp_path / "harmful.jsonl"
+    rows = [{"prompt": f"bad request {i}", "harmful_response": "Step 1."} for i in range(5)]
+    harmful.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    benign = tmp_path / "benign.jsonl"
+    benign.write_text("".join(json.dumps({"prompt": f"edgy question {i}"}) + "\n" for i in range(3)))
+    cfg = CheckConfig(
+        harmful=SourceConfig(path=str(harmful)), benign=SourceConfig(path=str(benign)), everyday=None, n=4
+    )
+    with caplog.at_level(logging.WARNING, logger="safeft.check"):
+        sets = load_check_sets(cfg, None, exclude_prompts={normalise("Bad request 0")})
+    assert [t.prompt for t in sets.harmful] == [f"bad request {i}" for i in range(1, 5)]
+    assert len(sets.benign) == 3 and sets.everyday == []
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1
+    assert "benign" in warnings[0] and str(benign) in warnings[0] and "check.n = 4" in warnings[0]

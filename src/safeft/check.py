@@ -70,20 +70,40 @@ class CheckSets:
 
 
 def load_check_sets(cfg: CheckConfig, data_dir: str | None, exclude_prompts: set[str]) -> CheckSets:
-    """The first ``n`` rows of each set whose prompt is not among the training prompts."""
-    harmful = [
-        t
-        for t in load_safety_triples(cfg.harmful, refusal_for=lambda _: "Sorry.", data_dir=data_dir)
-        if normalise(t.prompt) not in exclude_prompts
-    ][: cfg.n]
+    """The first ``n`` rows of each set whose prompt is not among the training prompts. A set with
+    fewer rows is used whole and logged (the installed defaults hold 150 harmful, 40 benign-but-edgy
+    and 110 everyday validation prompts)."""
 
-    def prompts(source: SourceConfig | None) -> list[tuple[str, str]]:
+    def first_n(name: str, source: SourceConfig, rows: list) -> list:
+        if len(rows) < cfg.n:
+            log.warning(
+                "validation set %s (source %s): %d prompts not used in training, fewer than check.n = %d;"
+                " the check uses all %d",
+                name,
+                source.path if source.source == "file" else source.source,
+                len(rows),
+                cfg.n,
+                len(rows),
+            )
+        return rows[: cfg.n]
+
+    harmful = first_n(
+        "harmful",
+        cfg.harmful,
+        [
+            t
+            for t in load_safety_triples(cfg.harmful, refusal_for=lambda _: "Sorry.", data_dir=data_dir)
+            if normalise(t.prompt) not in exclude_prompts
+        ],
+    )
+
+    def prompts(name: str, source: SourceConfig | None) -> list[tuple[str, str]]:
         if source is None:
             return []
         rows = load_prompts(source, data_dir)
-        return [p for p in rows if normalise(p[1]) not in exclude_prompts][: cfg.n]
+        return first_n(name, source, [p for p in rows if normalise(p[1]) not in exclude_prompts])
 
-    return CheckSets(harmful, prompts(cfg.benign), prompts(cfg.everyday))
+    return CheckSets(harmful, prompts("benign", cfg.benign), prompts("everyday", cfg.everyday))
 
 
 _LOOP = re.compile(r"(.{4,40}?)\1{2,}", re.S)
