@@ -2,7 +2,8 @@
 # The AsFT experiment of the README, end to end on the embedded default (needs ../shared/data):
 #   aligned model -> direction (q_proj/v_proj, k 8, with the paper factors) -> fine-tune on AsFT's
 #   SST-2 mix (10% harmful rows) once per run below -> safeft eval of each (suites/asft_sst2.yaml)
-#   -> safeft report + summary table with issue 8's targets (OUT/summary.md).
+#   -> safeft report + summary tables with issue 8's targets (OUT/summary.md against plain_lora;
+#   OUT/summary_official.md: the *_official runs against plain_lora_official).
 # Usage: bash scripts/asft_experiment.sh [ALIGNED_MODEL_DIR] [OUT_DIR] [extra train overrides...]
 # Budget knobs (environment): ROWS (task rows, harmful share kept; 400), EPOCHS (1), MAX_LENGTH (128),
 #   OFFICIAL_EPOCHS (the official recipe's 10, cut to 1 by default), ANTI (anti-direction lambda; 100),
@@ -82,4 +83,17 @@ EVALS=()
 for n in "${NAMES[@]}"; do EVALS+=("$OUT/eval_$n"); done
 LABELS=$(IFS=,; echo "${NAMES[*]}")
 $SAFEFT report "${EVALS[@]}" --labels "$LABELS" --out "$OUT/report"
-$PY -m safeft.asft.summary "$OUT" "${NAMES[@]}"
+# one table per baseline: chat-layout runs against plain_lora (summary.md), the official recipe's runs
+# against plain_lora_official (summary_official.md)
+CHAT=() OFFICIAL=()
+for n in "${NAMES[@]}"; do
+  case $n in
+    plain_lora_official) ;;
+    *_official) OFFICIAL+=("$n") ;;
+    *) CHAT+=("$n") ;;
+  esac
+done
+$PY -m safeft.asft.summary "$OUT" "${CHAT[@]}"
+if [[ " $RUNS " == *" plain_lora_official "* ]]; then
+  $PY -m safeft.asft.summary "$OUT" aligned plain_lora_official "${OFFICIAL[@]}" --stem summary_official
+fi

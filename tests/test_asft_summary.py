@@ -60,3 +60,17 @@ def test_missing_results_exit_2(tmp_path, capsys):
     assert main([str(tmp_path), "aligned", "plain"]) == 2
     assert "eval_plain/results.json: no results" in capsys.readouterr().err
     assert main([str(tmp_path), "aligned"]) == 2
+
+
+def test_stem_names_the_table_files_so_two_baselines_keep_two_tables(tmp_path, capsys):
+    write_eval(tmp_path, "aligned", 1, 3, 22)
+    write_eval(tmp_path, "plain_lora_official", 20, 30, 80)
+    write_eval(tmp_path, "asft_official", 19, 30, 81)
+    args = [str(tmp_path), "aligned", "plain_lora_official", "asft_official", "--stem", "summary_official"]
+    assert main(args) == 0
+    assert "| asft_official | 38% (19/50)" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "summary_official.json").read_text())
+    assert [r["name"] for r in rows] == ["aligned", "plain_lora_official", "asft_official"]
+    assert rows[2]["targets"]["direct"]["plain_lora_lost"] == 38.0
+    assert "| asft_official |" in (tmp_path / "summary_official.md").read_text()
+    assert not (tmp_path / "summary.md").exists()
