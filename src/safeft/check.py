@@ -78,12 +78,11 @@ def load_check_sets(cfg: CheckConfig, data_dir: str | None, exclude_prompts: set
         if len(rows) < cfg.n:
             log.warning(
                 "validation set %s (source %s): %d prompts not used in training, fewer than check.n = %d;"
-                " the check uses all %d",
+                " the check uses them all",
                 name,
                 source.path if source.source == "file" else source.source,
                 len(rows),
                 cfg.n,
-                len(rows),
             )
         return rows[: cfg.n]
 
