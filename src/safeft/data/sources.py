@@ -37,6 +37,8 @@ class SourceConfig:
     or ``hf:org/name`` for a hub dataset; optional for named adapters. ``fields`` maps record fields
     (``prompt``, ``harmful_response``, ``refusal``, ``response``, ``id``) to the row's column names.
     ``on_bad_row``: ``error`` stops at the first bad row; ``skip`` drops bad rows with one counted warning.
+    ``offset`` skips that many of the source's rows (after the adapter drops its own) before ``limit``
+    counts: ``{offset: 64, limit: 64}`` is rows 65-128, disjoint from ``{limit: 64}``.
     """
 
     source: str = "file"
@@ -45,6 +47,11 @@ class SourceConfig:
     limit: int | None = None
     split: str = "train"
     on_bad_row: str = "error"
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.offset, bool) or not isinstance(self.offset, int) or self.offset < 0:
+            raise DataError(f"source {self.source!r}: offset must be an integer >= 0, got {self.offset!r}")
 
 
 RowTransform = Callable[[dict[str, Any]], dict[str, Any] | None]
@@ -275,7 +282,7 @@ def iter_source_rows(
         else:
             raise DataError("a 'file' data source needs a path")
         files = [(str(p), _text_rows(p) if p.suffix == ".txt" else read_rows(p)) for p in paths]
-    count = 0
+    count = skipped = 0
     for name, rows in files:
         for row_no, row in rows:
             if cfg.limit is not None and count >= cfg.limit:
@@ -285,6 +292,9 @@ def iter_source_rows(
                 if transformed is None:
                     continue
                 row = transformed
+            if skipped < cfg.offset:
+                skipped += 1
+                continue
             count += 1
             yield f"{name}:{row_no}", row, fields
 
@@ -364,15 +374,18 @@ HALVES: dict[str, tuple[str, int]] = {
 
 def _half(rows: list, cfg: SourceConfig) -> list:
     """The rows of ``cfg``'s half (:data:`HALVES`) of its base source's rows, then ``cfg.limit``."""
-    rows = rows[HALVES[cfg.source][1] :: 2]
-    return rows if cfg.limit is None else rows[: cfg.limit]
+    return _window(rows[HALVES[cfg.source][1] :: 2], cfg)
+
+
+def _window(rows: list, cfg: SourceConfig) -> list:
+    """``rows[offset : offset + limit]`` of ``cfg``."""
+    return rows[cfg.offset :] if cfg.limit is None else rows[cfg.offset : cfg.offset + cfg.limit]
 
 
 def load_prompts(cfg: SourceConfig, data_dir: str | None = None) -> list[tuple[str, str]]:
     """``(id, prompt)`` pairs of a prompt-only source (ids default to the origin ``file:row``)."""
     if cfg.source in BUILTIN_PROMPTS and not cfg.path:
-        rows = _builtin_prompts()[cfg.source]()
-        return rows if cfg.limit is None else rows[: cfg.limit]
+        return _window(_builtin_prompts()[cfg.source](), cfg)
     if cfg.source in HALVES and not cfg.path:
         base = HALVES[cfg.source][0]
         whole = load_prompts(
