@@ -96,3 +96,18 @@ def test_the_onpolicy_recipes_are_the_follow_up_sweeps_points(recipe_file, point
     recipe["check"] = {**recipe["check"], "before": False}  # the sweep skips the before-check to save time
     differ = sorted(k for k in set(trained) | set(recipe) if trained.get(k) != recipe.get(k))
     assert differ == ["output_dir"]
+
+
+def test_the_triples_sweep_changes_t64_nt_self_in_one_setting_per_point():
+    """sweeps/derta_smollm2_triples.yaml asks two questions of the selected point: each of its points must
+    be t64_nt_self (same base recipe, overrides, evaluation and validation tasks) but for one setting."""
+    sweeps = RECIPES.parent / "sweeps"
+    diverse = yaml.safe_load((sweeps / "derta_smollm2_diverse.yaml").read_text())
+    triples = yaml.safe_load((sweeps / "derta_smollm2_triples.yaml").read_text())
+    for key in ("recipe", "overrides", "eval", "validation_tasks"):
+        assert triples[key] == diverse[key], key
+    selected = next(p for p in diverse["points"] if p["name"] == "t64_nt_self")["set"]
+    points = {p["name"]: p["set"] for p in triples["points"]}
+    assert points["t64_nt_self_seed1"] == {**selected, "seed": 1}
+    rows_65_128 = [{"source": "pyrit_many_shot", "offset": 64, "limit": 64}]
+    assert points["t64b_nt_self"] == {**selected, "safety": rows_65_128}
