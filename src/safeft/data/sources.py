@@ -373,7 +373,7 @@ HALVES: dict[str, tuple[str, int]] = {
 
 
 def _half(rows: list, cfg: SourceConfig) -> list:
-    """The rows of ``cfg``'s half (:data:`HALVES`) of its base source's rows, then ``cfg.limit``."""
+    """The rows of ``cfg``'s half (:data:`HALVES`) of its base source's rows, then its offset and limit."""
     return _window(rows[HALVES[cfg.source][1] :: 2], cfg)
 
 
