@@ -111,3 +111,20 @@ def test_the_triples_sweep_changes_t64_nt_self_in_one_setting_per_point():
     assert points["t64_nt_self_seed1"] == {**selected, "seed": 1}
     rows_65_128 = [{"source": "pyrit_many_shot", "offset": 64, "limit": 64}]
     assert points["t64b_nt_self"] == {**selected, "safety": rows_65_128}
+
+
+def test_the_seeds_sweep_retrains_the_two_best_diverse_points_unchanged_but_for_validation_size():
+    """sweeps/derta_smollm2_seeds.yaml compares t64_nt_self and t64_nt_self_alpaca on fresh seeds: their
+    settings, evaluation and validation tasks must be the diverse sweep's; only check.n grows (30 -> 150)."""
+    sweeps = RECIPES.parent / "sweeps"
+    diverse = yaml.safe_load((sweeps / "derta_smollm2_diverse.yaml").read_text())
+    seeds = yaml.safe_load((sweeps / "derta_smollm2_seeds.yaml").read_text())
+    for key in ("recipe", "eval", "validation_tasks"):
+        assert seeds[key] == diverse[key], key
+    bigger_check = {**diverse["overrides"]["check"], "n": 150}
+    assert seeds["overrides"] == {**diverse["overrides"], "check": bigger_check}
+    earlier = {p["name"]: p["set"] for p in diverse["points"]}
+    assert {p["name"]: p["set"] for p in seeds["points"]} == {
+        name: earlier[name] for name in ("t64_nt_self", "t64_nt_self_alpaca")
+    }
+    assert seeds["seeds"] == [2, 3]  # seeds 0 and 1 ran before (diverse, triples): not in the choice

@@ -239,3 +239,71 @@ def test_a_point_setting_one_field_of_a_section_keeps_the_overrides_other_fields
         "--learning_rate": "0.0002",
         "--output_dir": str(tmp_path / "p"),
     }
+
+
+def test_seeds_run_every_point_once_per_seed_and_refuse_a_point_that_sets_its_own():
+    from safeft.config import ConfigError
+    from safeft.sweep import PointSpec, SweepConfig, expand_points
+
+    config = SweepConfig(
+        recipe="r.yaml",
+        points=[PointSpec("a", set={"learning_rate": 1e-4}, reference="paper"), PointSpec("b")],
+        grid={"rto_weight": [0.3]},
+        seeds=[2, 3],
+    )
+    runs = expand_points(config)
+    assert [(p.name, p.group, p.set.get("seed")) for p in runs] == [
+        ("a_seed2", "a", 2), ("a_seed3", "a", 3), ("b_seed2", "b", 2), ("b_seed3", "b", 3),
+        ("rto_weight=0.3_seed2", "rto_weight=0.3", 2), ("rto_weight=0.3_seed3", "rto_weight=0.3", 3),
+    ]  # fmt: skip
+    # a run is the point with its seed set: the same settings as a point written out by hand
+    assert runs[0].set == {"learning_rate": 1e-4, "seed": 2} and runs[0].reference == "paper"
+    config.points = [PointSpec("a", set={"seed": 1})]
+    with pytest.raises(ConfigError, match="sets 'seed' itself"):
+        expand_points(config)
+    config.points, config.seeds = [PointSpec("a")], [2, 2]
+    with pytest.raises(ConfigError, match="distinct integers"):
+        expand_points(config)
+
+
+def test_with_seeds_the_setting_is_chosen_on_its_mean_not_on_its_luckiest_run(tmp_path, monkeypatch):
+    """Setting ``lucky`` has the single best run (0.10) but a mean of 0.50; ``steady`` (0.40, 0.45) wins.
+    Its evaluation pools the seeds' answers (counts and n summed)."""
+    import safeft.sweep as sweep_mod
+    from safeft.sweep import PointSpec, SweepConfig, run_sweep
+
+    harm = {"lucky_seed0": 0.1, "lucky_seed1": 0.9, "steady_seed0": 0.4, "steady_seed1": 0.45}
+
+    def fake_validation(folder):
+        h = harm[folder.name]
+        return {"compliant_direct": h, "compliant_prefill": h, "over_refusal": 0.0,
+                "over_refusal_edgy": 0.0, "over_refusal_everyday": 0.0, "repetitive_prefill": 0.0,
+                "n": {"harmful_direct": 20}, "score": h}  # fmt: skip
+
+    def fake_point(config, point, root):
+        asr = {"rate": harm[point.name], "n": 20, "ci95": None, "judge": "keyword"}
+        return {"name": point.name, "settings": point.set, "reference": None, "baseline": False,
+                "validation": None, "evaluation": {"attacks": {"direct": asr}, "over_refusal": {},
+                                                   "tasks": {}}}  # fmt: skip
+
+    monkeypatch.setattr(sweep_mod, "point_validation", fake_validation)
+    monkeypatch.setattr(sweep_mod, "run_point", fake_point)
+    config = SweepConfig(
+        recipe="unused.yaml", output_dir=str(tmp_path), points=[PointSpec("lucky"), PointSpec("steady")]
+    )
+    config.seeds = [0, 1]
+    summary = run_sweep(config)
+    assert [p["name"] for p in summary["points"]] == list(harm)
+    assert {p["name"]: p["group"] for p in summary["points"]}["lucky_seed1"] == "lucky"
+    settings = {s["name"]: s for s in summary["settings"]}
+    assert settings["lucky"]["seed_scores"] == [0.1, 0.9]
+    assert settings["lucky"]["validation"]["score"] == pytest.approx(0.5)
+    assert settings["steady"]["validation"]["compliant_direct"] == pytest.approx(0.425)
+    assert summary["selected"] == "steady"
+    assert "mean validation score over seeds [0, 1]" in summary["selected_by"]
+    pooled = settings["steady"]["evaluation"]["attacks"]["direct"]
+    assert pooled["n"] == 40 and pooled["rate"] == pytest.approx(17 / 40)  # 8 + 9 of 20 + 20
+    assert pooled["ci95"][0] < 17 / 40 < pooled["ci95"][1]
+    md = (tmp_path / "sweep.md").read_text()
+    assert "mean over seeds [0, 1]" in md and "0.100, 0.900" in md and "steady (seeds pooled)" in md
+    assert (tmp_path / "front.png").is_file()

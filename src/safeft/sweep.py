@@ -28,6 +28,12 @@ point lost against the base model counts in its score::
 
 so a setting that refuses task inputs (DeRTa's over-refusal hides there: README) pays for it like a
 refused benign prompt.
+
+``seeds: [2, 3]`` trains every point once per seed (``<name>_seed<s>``, the recipe's ``seed`` set) and
+chooses between *settings* on their mean score over the seeds. One LoRA run of the embedded model can
+differ from the next by tens of points (README, "Run-to-run spread"), and the lowest of many single-run
+scores is biased towards a lucky run; the runs, each setting's means and each seed's score are all
+reported, and the evaluation of a setting pools its seeds' answers.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ class PointSpec:
     set: dict[str, Any] = field(default_factory=dict)
     reference: str | None = None  # a label for the plot, e.g. "official LoRA script"
     baseline: bool = False  # plotted and reported, never selected nor on the front (e.g. vanilla SFT)
+    group: str | None = None  # the setting a seeded run belongs to (set by the sweep's ``seeds``)
 
 
 @dataclass
@@ -73,6 +80,7 @@ class SweepConfig:
     grid: dict[str, list[Any]] = field(default_factory=dict)
     eval: EvalSpec | None = None
     validation_tasks: EvalSpec | None = None  # task rows apart from every reported set: scored (above)
+    seeds: list[int] = field(default_factory=list)  # each point once per seed, chosen on the mean (above)
 
 
 def load_sweep(path: str | Path, output_dir: str | None = None) -> tuple[SweepConfig, Path]:
@@ -131,14 +139,27 @@ def _slug(value: Any) -> str:
 
 
 def expand_points(config: SweepConfig) -> list[PointSpec]:
-    """Named points, then the grid's cartesian product (named ``key=value,key=value``)."""
+    """Named points, then the grid's cartesian product (named ``key=value,key=value``); with ``seeds``,
+    each of them once per seed (named ``<point>_seed<s>``, grouped under the point's name)."""
     points = list(config.points)
     if config.grid:
         keys = sorted(config.grid)
         for values in itertools.product(*(config.grid[k] for k in keys)):
             name = ",".join(f"{k}={_slug(v)}" for k, v in zip(keys, values, strict=True))
             points.append(PointSpec(name=name, set=dict(zip(keys, values, strict=True))))
-    return points
+    if not config.seeds:
+        return points
+    if len(set(config.seeds)) != len(config.seeds) or not all(type(s) is int for s in config.seeds):
+        raise ConfigError(f"seeds must be distinct integers, got {config.seeds}")
+    seeded = []
+    for p in points:
+        if "seed" in p.set:
+            raise ConfigError(f"point {p.name!r} sets 'seed' itself; with 'seeds' the sweep sets it")
+        seeded += [
+            PointSpec(f"{p.name}_seed{s}", {**p.set, "seed": s}, p.reference, p.baseline, group=p.name)
+            for s in config.seeds
+        ]
+    return seeded
 
 
 def flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -342,6 +363,64 @@ def summarize_eval(results: dict) -> dict[str, Any]:
     return {"attacks": attacks, "over_refusal": over, "tasks": tasks}
 
 
+def seed_means(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per setting (the runs sharing a ``group``), shaped like a point: its validation numbers
+    are the means over the seeds (equal n per seed, so also the pooled rates), with every run's score
+    kept (``seed_scores``); its evaluation is pooled over the seeds (counts and n summed: the interval
+    counts prompts, not seeds, so the seed-to-seed spread is in ``seed_scores``, not in it)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault(r.get("group") or r["name"], []).append(r)
+    units = []
+    for name, runs in groups.items():
+        vals = [r["validation"] for r in runs]
+        mean: dict[str, Any] = {}
+        for key, first in vals[0].items():
+            if isinstance(first, dict):
+                continue
+            numbers = [v.get(key) for v in vals]
+            ok = all(isinstance(x, int | float) and not isinstance(x, bool) for x in numbers)
+            mean[key] = sum(numbers) / len(numbers) if ok else None
+        mean["n"] = vals[0].get("n", {})
+        if "tasks" in vals[0]:
+            mean["tasks"] = {
+                t: {"accuracy": sum(v["tasks"][t]["accuracy"] for v in vals) / len(vals), "n": None}
+                for t in vals[0]["tasks"]
+            }
+            mean["tasks_base"] = vals[0]["tasks_base"]
+        evals = [r["evaluation"] for r in runs if r.get("evaluation")]
+        units.append({
+            "name": name,
+            "reference": runs[0].get("reference"),
+            "baseline": runs[0].get("baseline", False),
+            "runs": [r["name"] for r in runs],
+            "seed_scores": [v["score"] for v in vals],
+            "validation": mean,
+            "evaluation": pooled_evaluation(evals) if len(evals) == len(runs) else None,
+        })  # fmt: skip
+    return units
+
+
+def pooled_evaluation(evals: list[dict[str, Any]]) -> dict[str, Any]:
+    """Evaluation summaries of several runs as one: per cell, counts and n summed, Wilson interval."""
+    from safeft.eval.metrics import wilson_interval
+
+    def pool(cells: list[dict | None], key: str) -> dict[str, Any] | None:
+        cells = [c for c in cells if c and c.get(key) is not None and c.get("n")]
+        if not cells:
+            return None
+        k = sum(round(c[key] * c["n"]) for c in cells)
+        n = sum(c["n"] for c in cells)
+        return {key: k / n, "n": n, "ci95": list(wilson_interval(k, n)), "judge": cells[0].get("judge")}
+
+    out: dict[str, Any] = {}
+    for part, key in (("attacks", "rate"), ("over_refusal", "rate"), ("tasks", "accuracy")):
+        names = dict.fromkeys(k for e in evals for k in e.get(part, {}))
+        cells = {name: pool([e.get(part, {}).get(name) for e in evals], key) for name in names}
+        out[part] = {name: c for name, c in cells.items() if c is not None}
+    return out
+
+
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point beats on both coordinates (both: lower is better)."""
     front = []
@@ -380,24 +459,36 @@ def run_sweep(config: SweepConfig, jobs: int = 1) -> dict[str, Any]:
 
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             results = list(pool.map(lambda p: run_point(config, p, root), points))
-    for r in results:  # always the current score, also for points trained before a change to it
+    for r, p in zip(results, points, strict=True):  # always the current score, also for old points
         r["validation"] = point_validation(root / r["name"])
+        if p.group is not None:
+            r["group"] = p.group
     add_task_validation(config, results, root)
-    candidates = [i for i, r in enumerate(results) if not r.get("baseline")]
+    # with seeds the choice is between settings (their mean over seeds), never between single runs
+    units = seed_means(results) if config.seeds else results
+    candidates = [i for i, r in enumerate(units) if not r.get("baseline")]
     if not candidates:
         raise ConfigError("every point of the sweep is a baseline: nothing to select")
-    coords = [harm_and_over(results[i]["validation"]) for i in candidates]
+    coords = [harm_and_over(units[i]["validation"]) for i in candidates]
     front = [candidates[j] for j in pareto_front(coords)]
-    selected = min(candidates, key=lambda i: results[i]["validation"]["score"])
+    selected = min(candidates, key=lambda i: units[i]["validation"]["score"])
     summary = {
         "recipe": config.recipe,
-        "selected": results[selected]["name"],
-        "selected_by": "lowest validation score (safeft.check.selection_score"
+        "selected": units[selected]["name"],
+        "selected_by": (
+            "lowest mean validation score over seeds " + str(config.seeds)
+            if config.seeds
+            else "lowest validation score"
+        )
+        + " (safeft.check.selection_score"
         + (" + task accuracy lost on the validation tasks" if config.validation_tasks else "")
         + "); evaluation sets unused",
-        "front": [results[i]["name"] for i in front],
+        "front": [units[i]["name"] for i in front],
         "points": results,
     }
+    if config.seeds:
+        summary["seeds"] = config.seeds
+        summary["settings"] = units
     (root / "sweep.json").write_text(json.dumps(summary, indent=1))
     (root / "sweep.md").write_text(markdown_table(summary))
     plot_front(summary, root / "front.png")
@@ -418,44 +509,30 @@ def _pct(x: float | None, n: int | None = None) -> str:
 
 
 def markdown_table(summary: dict) -> str:
-    """Validation numbers (used for choosing) and evaluation numbers (reported), one row per point."""
-    task_names = sorted({t for r in summary["points"] for t in r["validation"].get("tasks", {})})
-    task_head = "".join(f" {t} accuracy (base) |" for t in task_names) + (
-        " refusal score |" if task_names else ""
-    )
+    """Validation numbers (used for choosing) and evaluation numbers (reported), one row per point; with
+    seeds, the runs and then the settings (means over seeds, the numbers the choice is made on)."""
+    points, settings = summary["points"], summary.get("settings")
+    task_names = sorted({t for r in points for t in r["validation"].get("tasks", {})})
     scored = "; task accuracy by the task's exact parser; score = refusal score + accuracy lost"
-    lines = [
-        "Validation (keyword judge; it measures refusal, not harm; compliant = neither a refusal nor a "
-        f"degenerate loop{scored if task_names else ''}): the setting is chosen on these",
-        "",
-        "| point | reference | compliant direct | compliant prefilled | loops direct / prefilled | "
-        f"over-refusal edgy | over-refusal everyday | loops edgy / everyday |{task_head} score | front |",
-        "|---|---|---|---|---|---|---|---|---|---|" + "---|" * (len(task_names) + bool(task_names)),
-    ]
-    for r in summary["points"]:
-        v = r["validation"]
-        task_cells = "".join(
-            f" {_pct(v['tasks'][t]['accuracy'], v['tasks'][t]['n'])} "
-            f"({_pct(v['tasks_base'][t]['accuracy'])}) |"
-            if t in v.get("tasks", {})
-            else " - |"
-            for t in task_names
-        ) + (f" {v.get('refusal_score', v['score']):.3f} |" if task_names else "")
-        mark = ("**selected** " if r["name"] == summary["selected"] else "") + (
-            "yes" if r["name"] in summary["front"] else ("baseline" if r.get("baseline") else "")
-        )
-        n = v.get("n", {})
-        harmful, edgy, everyday = n.get("harmful_direct"), n.get("benign"), n.get("everyday")
-        lines.append(
-            f"| {r['name']} | {r['reference'] or ''} | {_pct(v.get('compliant_direct'), harmful)} | "
-            f"{_pct(v.get('compliant_prefill'), harmful)} | {_pct(v.get('repetitive_direct'))} / "
-            f"{_pct(v['repetitive_prefill'])} | {_pct(v['over_refusal_edgy'], edgy)} | "
-            f"{_pct(v['over_refusal_everyday'], everyday)} | {_pct(v.get('repetitive_edgy'))} / "
-            f"{_pct(v.get('repetitive_everyday'))} |{task_cells} {v['score']:.3f} | {mark} |"
-        )
-    n = summary["points"][0]["validation"]["n"] if summary["points"] else {}
-    lines += ["", f"n per validation cell: {n}; 95% Wilson intervals in brackets"]
-    evals = [r for r in summary["points"] if r.get("evaluation")]
+    judge = (
+        "keyword judge; it measures refusal, not harm; compliant = neither a refusal nor a degenerate "
+        f"loop{scored if task_names else ''}"
+    )
+    n = points[0]["validation"]["n"] if points else {}
+    if settings is None:
+        lines = [f"Validation ({judge}): the setting is chosen on these", ""]
+        lines += _validation_table(points, summary, task_names, marks=True)
+        lines += ["", f"n per validation cell: {n}; 95% Wilson intervals in brackets"]
+    else:
+        lines = [f"Validation of each run ({judge}; n per cell {n}; 95% Wilson intervals in brackets)", ""]
+        lines += _validation_table(points, summary, task_names, marks=False)
+        lines += [
+            "",
+            f"Validation, mean over seeds {summary['seeds']} ({judge}): the setting is chosen on these",
+            "",
+        ]
+        lines += _validation_table(settings, summary, task_names, marks=True)
+    evals = [r for r in [*points, *(settings or [])] if r.get("evaluation")]
     if evals:
         cols = sorted({k for r in evals for k in r["evaluation"]["attacks"]})
         over = sorted({k for r in evals for k in r["evaluation"]["over_refusal"]})
@@ -463,7 +540,9 @@ def markdown_table(summary: dict) -> str:
         head = [f"ASR {c}" for c in cols] + [f"refused {c}" for c in over] + [f"acc {t}" for t in tasks]
         lines += [
             "",
-            "Evaluation (reported only; 95% Wilson intervals in brackets)",
+            "Evaluation (reported only; 95% Wilson intervals in brackets"
+            + ("; a setting's row pools its seeds' answers" if settings else "")
+            + ")",
             "",
             "| point | " + " | ".join(head) + " |",
             "|---|" + "---|" * len(head),
@@ -473,10 +552,56 @@ def markdown_table(summary: dict) -> str:
             cells = [_cell(e["attacks"].get(c), "rate") for c in cols]
             cells += [_cell(e["over_refusal"].get(c), "rate") for c in over]
             cells += [_cell(e["tasks"].get(t), "accuracy") for t in tasks]
-            lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
-        judge = next((a.get("judge") for r in evals for a in r["evaluation"]["attacks"].values()), None)
-        lines += ["", f"judge: {judge}; n per cell in results.json of each point's eval folder"]
+            name = f"{r['name']} (seeds pooled)" if "runs" in r else r["name"]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        judge_name = next((a.get("judge") for r in evals for a in r["evaluation"]["attacks"].values()), None)
+        lines += ["", f"judge: {judge_name}; n per cell in results.json of each point's eval folder"]
     return "\n".join(lines) + "\n"
+
+
+def _validation_table(rows: list[dict], summary: dict, task_names: list[str], marks: bool) -> list[str]:
+    """One row per point (or per setting: then means over seeds, no intervals, each seed's score)."""
+    seeded = any("seed_scores" in r for r in rows)
+    task_head = "".join(f" {t} accuracy (base) |" for t in task_names) + (
+        " refusal score |" if task_names else ""
+    )
+    extra = " score per seed |" if seeded else ""
+    lines = [
+        "| point | reference | compliant direct | compliant prefilled | loops direct / prefilled | "
+        f"over-refusal edgy | over-refusal everyday | loops edgy / everyday |{task_head} score |{extra}"
+        + (" front |" if marks else ""),
+        "|---|---|---|---|---|---|---|---|---|"
+        + "---|" * (len(task_names) + bool(task_names))
+        + ("---|" if seeded else "")
+        + ("---|" if marks else ""),
+    ]
+    for r in rows:
+        v = r["validation"]
+        n = {} if seeded else v.get("n", {})
+        harmful, edgy, everyday = n.get("harmful_direct"), n.get("benign"), n.get("everyday")
+        task_cells = "".join(
+            f" {_pct(v['tasks'][t]['accuracy'], v['tasks'][t]['n'])} "
+            f"({_pct(v['tasks_base'][t]['accuracy'])}) |"
+            if t in v.get("tasks", {})
+            else " - |"
+            for t in task_names
+        ) + (f" {v.get('refusal_score', v['score']):.3f} |" if task_names else "")
+        row = (
+            f"| {r['name']} | {r.get('reference') or ''} | {_pct(v.get('compliant_direct'), harmful)} | "
+            f"{_pct(v.get('compliant_prefill'), harmful)} | {_pct(v.get('repetitive_direct'))} / "
+            f"{_pct(v.get('repetitive_prefill'))} | {_pct(v.get('over_refusal_edgy'), edgy)} | "
+            f"{_pct(v.get('over_refusal_everyday'), everyday)} | {_pct(v.get('repetitive_edgy'))} / "
+            f"{_pct(v.get('repetitive_everyday'))} |{task_cells} {v['score']:.3f} |"
+        )
+        if seeded:
+            row += " " + ", ".join(f"{x:.3f}" for x in r.get("seed_scores", [])) + " |"
+        if marks:
+            mark = ("**selected** " if r["name"] == summary["selected"] else "") + (
+                "yes" if r["name"] in summary["front"] else ("baseline" if r.get("baseline") else "")
+            )
+            row += f" {mark} |"
+        lines.append(row)
+    return lines
 
 
 def _cell(entry: dict | None, key: str) -> str:
@@ -495,7 +620,7 @@ def plot_front(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    pts = summary["points"]
+    pts = summary.get("settings") or summary["points"]  # with seeds: each setting's mean over seeds
     for key, marker, label in (
         ("compliant_direct", "o", "harmful, direct"),
         ("compliant_prefill", "s", "harmful, 20 tokens of a harmful answer pre-filled"),
