@@ -3,7 +3,8 @@
 #   aligned model -> direction (q_proj/v_proj, k 8, with the paper factors) -> fine-tune on AsFT's
 #   SST-2 mix (10% harmful rows) once per run below -> safeft eval of each (suites/asft_sst2.yaml)
 #   -> safeft report + summary tables with issue 8's targets (OUT/summary.md against plain_lora;
-#   OUT/summary_official.md: the *_official runs against plain_lora_official).
+#   OUT/summary_official.md: the *_official runs against plain_lora_official; both cover every run
+#   evaluated in OUT, also those of earlier calls with other RUNS).
 # Usage: bash scripts/asft_experiment.sh [ALIGNED_MODEL_DIR] [OUT_DIR] [extra train overrides...]
 # Budget knobs (environment): ROWS (task rows, harmful share kept; 400), EPOCHS (1), MAX_LENGTH (128),
 #   OFFICIAL_EPOCHS (the official recipe's 10, cut to 1 by default), ANTI (anti-direction lambda; 100),
@@ -84,6 +85,15 @@ if [ "${SAFELORA:-0}" = 1 ]; then
   evaluate safelora --adapter "$OUT/safelora"
   NAMES+=(safelora)
 fi
+# the report and tables cover every run evaluated in OUT, not only this call's RUNS (a call that adds
+# one run keeps the others in summary.md), in one fixed order
+KNOWN="plain_lora asft_svd asft_l2 asft_anti asft_lambda10 asft_k2 asft_two_sided asft_official"
+KNOWN+=" asft_svd_official asft_l2_official plain_lora_official safelora"
+RAN=" ${NAMES[*]} "
+NAMES=(aligned)
+for n in $KNOWN; do
+  if [[ $RAN == *" $n "* ]] || [ -f "$OUT/eval_$n/results.json" ]; then NAMES+=("$n"); fi
+done
 EVALS=()
 for n in "${NAMES[@]}"; do EVALS+=("$OUT/eval_$n"); done
 LABELS=$(IFS=,; echo "${NAMES[*]}")
@@ -99,7 +109,7 @@ for n in "${NAMES[@]}"; do
   esac
 done
 $PY -m safeft.asft.summary "$OUT" "${CHAT[@]}"
-if [[ " $RUNS " == *" plain_lora_official "* ]]; then
+if [[ " ${NAMES[*]} " == *" plain_lora_official "* ]]; then
   $PY -m safeft.asft.summary "$OUT" aligned plain_lora_official "${OFFICIAL[@]}" --stem summary_official
 fi
 }
