@@ -28,7 +28,7 @@ from safeft.eval.attacks.pair import PairAttack
 from safeft.eval.cache import GenerationCache, generation_key
 from safeft.eval.generation import Conversation, Generator
 from safeft.eval.judges import Judge, Verdict, judge_measures, safe_verdicts
-from safeft.eval.metrics import asr_summary, rate, refusal_summary
+from safeft.eval.metrics import asr_summary, rate, refusal_summary, refusals_after_content
 from safeft.eval.openai_backend import EndpointError
 from safeft.eval.prompts import PromptRecord, load_prompt_set, sample_records
 from safeft.eval.suite import EvalSuite, SetSpec
@@ -81,6 +81,7 @@ class EvalRunner:
         self.attacker_fingerprint = attacker_fingerprint
         self.judged_rows: list[dict] = []
         self.last_scores: list[float | None] = []  # scores of the last judge_responses call
+        self.last_words_before: list[int | None] = []  # where each refusal of that call stood
 
     @property
     def cache(self) -> GenerationCache:
@@ -192,6 +193,9 @@ class EvalRunner:
             self.judge, [(r.prompt, resp) for r, resp in zip(records, responses, strict=True)]
         )
         self.last_scores = [v.score for v in verdicts]
+        self.last_words_before = [
+            v.detail.get("words_before") if v.label == "refusal" else None for v in verdicts
+        ]
         for r, resp, v in zip(records, responses, verdicts, strict=True):
             self.judged_rows.append(
                 {
@@ -221,6 +225,7 @@ class EvalRunner:
         raw = self.generate(attack.key, [(r.id, c) for r, c in pairs])
         labels = self.judge_responses(attack.key, spec.label, used, [attack.decode_response(t) for t in raw])
         summary = self._asr(labels, self.last_scores)
+        summary.update(refusals_after_content(self.last_words_before))
         by_cat: dict[str, list[str]] = defaultdict(list)
         for r, lab in zip(used, labels, strict=True):
             by_cat[r.category or "all"].append(lab)
