@@ -83,6 +83,7 @@ def test_recipes_validate_and_never_train_on_their_held_out_sets(name, n_triples
     [
         ("derta_smollm2_onpolicy.yaml", "t64_nt_self"),
         ("derta_smollm2_onpolicy_h20.yaml", "t64_nt_self_h20_alpaca"),
+        ("derta_smollm2_onpolicy_alpaca.yaml", "t64_nt_self_alpaca"),
     ],
 )
 def test_the_onpolicy_recipes_are_the_follow_up_sweeps_points(recipe_file, point_name):
