@@ -281,7 +281,8 @@ def test_with_seeds_the_setting_is_chosen_on_its_mean_not_on_its_luckiest_run(tm
                 "n": {"harmful_direct": 20}, "score": h}  # fmt: skip
 
     def fake_point(config, point, root):
-        asr = {"rate": harm[point.name], "n": 20, "ci95": None, "judge": "keyword"}
+        asr = {"rate": harm[point.name], "n": 20, "ci95": None, "judge": "keyword",
+               "refusals": round(20 * (1 - harm[point.name])), "refusals_after_content": 2}  # fmt: skip
         return {"name": point.name, "settings": point.set, "reference": None, "baseline": False,
                 "validation": None, "evaluation": {"attacks": {"direct": asr}, "over_refusal": {},
                                                    "tasks": {}}}  # fmt: skip
@@ -304,6 +305,8 @@ def test_with_seeds_the_setting_is_chosen_on_its_mean_not_on_its_luckiest_run(tm
     pooled = settings["steady"]["evaluation"]["attacks"]["direct"]
     assert pooled["n"] == 40 and pooled["rate"] == pytest.approx(17 / 40)  # 8 + 9 of 20 + 20
     assert pooled["ci95"][0] < 17 / 40 < pooled["ci95"][1]
+    assert (pooled["refusals"], pooled["refusals_after_content"]) == (23, 4)
     md = (tmp_path / "sweep.md").read_text()
     assert "mean over seeds [0, 1]" in md and "0.100, 0.900" in md and "steady (seeds pooled)" in md
+    assert "42% [29-58] n=40, 4 of 23 refusals late" in md
     assert (tmp_path / "front.png").is_file()

@@ -348,7 +348,14 @@ def summarize_validation(check: dict) -> dict[str, Any]:
 def summarize_eval(results: dict) -> dict[str, Any]:
     """Per-attack non-refusal (keyword) or harm rate, over-refusal per set/category, task accuracy."""
     attacks = {
-        key: {"rate": a.get("asr"), "ci95": a.get("ci95"), "n": a.get("n"), "judge": a.get("judge")}
+        key: {
+            "rate": a.get("asr"),
+            "ci95": a.get("ci95"),
+            "n": a.get("n"),
+            "judge": a.get("judge"),
+            "refusals": a.get("refusal"),
+            "refusals_after_content": a.get("refusal_after_content"),  # DeRTa's mid-answer switch
+        }
         for key, a in results.get("attacks", {}).items()
     }
     over = {
@@ -411,7 +418,11 @@ def pooled_evaluation(evals: list[dict[str, Any]]) -> dict[str, Any]:
             return None
         k = sum(round(c[key] * c["n"]) for c in cells)
         n = sum(c["n"] for c in cells)
-        return {key: k / n, "n": n, "ci95": list(wilson_interval(k, n)), "judge": cells[0].get("judge")}
+        pooled = {key: k / n, "n": n, "ci95": list(wilson_interval(k, n)), "judge": cells[0].get("judge")}
+        for count in ("refusals", "refusals_after_content"):
+            if all(isinstance(c.get(count), int) for c in cells):
+                pooled[count] = sum(c[count] for c in cells)
+        return pooled
 
     out: dict[str, Any] = {}
     for part, key in (("attacks", "rate"), ("over_refusal", "rate"), ("tasks", "accuracy")):
@@ -459,8 +470,11 @@ def run_sweep(config: SweepConfig, jobs: int = 1) -> dict[str, Any]:
 
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             results = list(pool.map(lambda p: run_point(config, p, root), points))
-    for r, p in zip(results, points, strict=True):  # always the current score, also for old points
+    for r, p in zip(results, points, strict=True):  # always the current summaries, also for old points
         r["validation"] = point_validation(root / r["name"])
+        evaluated = root / r["name"] / "eval" / "results.json"
+        if config.eval is not None and evaluated.is_file():
+            r["evaluation"] = summarize_eval(json.loads(evaluated.read_text()))
         if p.group is not None:
             r["group"] = p.group
     add_task_validation(config, results, root)
@@ -555,7 +569,11 @@ def markdown_table(summary: dict) -> str:
             name = f"{r['name']} (seeds pooled)" if "runs" in r else r["name"]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         judge_name = next((a.get("judge") for r in evals for a in r["evaluation"]["attacks"].values()), None)
-        lines += ["", f"judge: {judge_name}; n per cell in results.json of each point's eval folder"]
+        lines += [
+            "",
+            f"judge: {judge_name}; n per cell in results.json of each point's eval folder; 'refusals late' ="
+            " refusals after >= 5 words of answer (a keyword judge does not weigh those words)",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -609,7 +627,9 @@ def _cell(entry: dict | None, key: str) -> str:
         return "-"
     ci = entry.get("ci95")
     ci_text = f" [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}] n={entry.get('n')}" if ci else ""
-    return f"{100 * entry[key]:.0f}%{ci_text}"
+    late = entry.get("refusals_after_content")
+    late_text = f", {late} of {entry['refusals']} refusals late" if late and entry.get("refusals") else ""
+    return f"{100 * entry[key]:.0f}%{ci_text}{late_text}"
 
 
 def plot_front(summary: dict, path: Path) -> None:
