@@ -51,6 +51,7 @@ from typing import Any
 import yaml
 
 from safeft.config import ConfigError, from_dict, read_yaml
+from safeft.eval.metrics import LATE_REFUSAL_WORDS
 
 log = logging.getLogger(__name__)
 
@@ -572,7 +573,8 @@ def markdown_table(summary: dict) -> str:
         lines += [
             "",
             f"judge: {judge_name}; n per cell in results.json of each point's eval folder; 'refusals late' ="
-            " refusals after >= 5 words of answer (a keyword judge does not weigh those words)",
+            f" refusals after >= {LATE_REFUSAL_WORDS} words of answer (a keyword judge does not weigh those"
+            " words)",
         ]
     return "\n".join(lines) + "\n"
 
