@@ -125,7 +125,19 @@ def test_the_seeds_sweep_retrains_the_two_best_diverse_points_unchanged_but_for_
     bigger_check = {**diverse["overrides"]["check"], "n": 150}
     assert seeds["overrides"] == {**diverse["overrides"], "check": bigger_check}
     earlier = {p["name"]: p["set"] for p in diverse["points"]}
-    assert {p["name"]: p["set"] for p in seeds["points"]} == {
-        name: earlier[name] for name in ("t64_nt_self", "t64_nt_self_alpaca")
-    }
+    points = {p["name"]: p["set"] for p in seeds["points"]}
+    round_1 = ("t64_nt_self", "t64_nt_self_alpaca")
+    assert {name: points[name] for name in round_1} == {name: earlier[name] for name in round_1}
     assert seeds["seeds"] == [2, 3]  # seeds 0 and 1 ran before (diverse, triples): not in the choice
+
+
+def test_the_seeds_sweeps_second_round_changes_only_the_share_of_empty_prefixes():
+    """Round 2 of sweeps/derta_smollm2_seeds.yaml: t64_nt_self_alpaca with prefix_zero_fraction 2/3 and 1.0
+    (1/3 everywhere before), so the comparison isolates that one knob."""
+    seeds = yaml.safe_load((RECIPES.parent / "sweeps" / "derta_smollm2_seeds.yaml").read_text())
+    points = {p["name"]: p["set"] for p in seeds["points"]}
+    selected = points["t64_nt_self_alpaca"]
+    assert "prefix_zero_fraction" not in selected
+    assert yaml.safe_load((RECIPES / "derta_smollm2.yaml").read_text())["prefix_zero_fraction"] == 0.3333
+    assert points["t64_nt_self_alpaca_z67"] == {**selected, "prefix_zero_fraction": 0.6667}
+    assert points["t64_nt_self_alpaca_z100"] == {**selected, "prefix_zero_fraction": 1.0}
