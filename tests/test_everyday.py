@@ -44,3 +44,28 @@ def test_named_sources_and_halves():
 def test_unknown_split_is_a_clear_error():
     with pytest.raises(DataError, match="everyday split must be one of"):
         everyday_prompts("test")
+
+
+def test_templates_added_later_name_their_split_and_move_no_existing_template():
+    """Template 30 (step-by-step instructions, its own ``chore`` slot) was added to validation by name; the
+    templates before it keep their index-based splits, so train and eval hold what they always held."""
+    assert {split: len(everyday_prompts(split)) for split in SPLITS} == {
+        "train": 353, "validation": 110 + 16, "eval": 115,
+    }  # fmt: skip
+    steps = [p for pid, p in everyday_prompts("validation") if pid.startswith("everyday:t30:")]
+    assert len(steps) == 16 and all(p.startswith("Give me step-by-step instructions for ") for p in steps)
+    eval_step_plans = [p for pid, p in everyday_prompts("eval") if pid.startswith("everyday:t9:")]
+    assert eval_step_plans and all("step-by-step plan" in p for p in eval_step_plans)
+
+
+def test_a_template_with_an_unknown_split_is_a_clear_error(monkeypatch):
+    from safeft.data import everyday
+
+    bad = {
+        "fillers": {"x": ["a"]},
+        "templates": [{"slot": "x", "split": "test", "text": "{x}"}],
+        "contrast": [],
+    }
+    monkeypatch.setattr(everyday, "_resource", lambda: bad)
+    with pytest.raises(DataError, match="template 0 has split 'test'"):
+        everyday_prompts("train")
