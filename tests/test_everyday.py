@@ -69,3 +69,14 @@ def test_a_template_with_an_unknown_split_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(everyday, "_resource", lambda: bad)
     with pytest.raises(DataError, match="template 0 has split 'test'"):
         everyday_prompts("train")
+
+
+def test_an_evaluation_suite_can_read_a_window_of_a_builtin_source():
+    """``set: safeft`` takes ``offset`` / ``limit`` like a recipe's source (e.g. only the step-by-step
+    validation instructions, rows 110-125 of everyday_validation)."""
+    from safeft.eval.prompts import load_prompt_set
+
+    rows = load_prompt_set("safeft", source="everyday_validation", offset=110)
+    assert [r.prompt for r in rows] == [p for _, p in everyday_prompts("validation")[110:]]
+    assert all(r.id.startswith("everyday:t30:") for r in rows)
+    assert len(load_prompt_set("safeft", source="everyday_validation", offset=110, limit=3)) == 3
