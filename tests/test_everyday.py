@@ -80,3 +80,16 @@ def test_an_evaluation_suite_can_read_a_window_of_a_builtin_source():
     assert [r.prompt for r in rows] == [p for _, p in everyday_prompts("validation")[110:]]
     assert all(r.id.startswith("everyday:t30:") for r in rows)
     assert len(load_prompt_set("safeft", source="everyday_validation", offset=110, limit=3)) == 3
+
+
+def test_howto_training_prompts_share_no_prompt_or_step_wording_with_validation_or_eval():
+    """howto_train (benign requests worded like harmful ones) is training data only: no prompt of it is a
+    validation or evaluation prompt, and none uses the step templates of validation (t30) or eval (t9)."""
+    howto = load_prompts(SourceConfig(source="howto_train"))
+    assert len(howto) >= 40 and all(pid.startswith("howto:") for pid, _ in howto)
+    held = {normalise(p) for split in ("validation", "eval") for _, p in everyday_prompts(split)}
+    held |= {normalise(p) for split in ("validation", "eval") for _, p in contrast_prompts(split)}
+    assert not {normalise(p) for _, p in howto} & held
+    for _, prompt in howto:
+        assert "step-by-step instructions for" not in prompt.lower()
+        assert "step-by-step plan" not in prompt.lower()
