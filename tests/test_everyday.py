@@ -44,3 +44,52 @@ def test_named_sources_and_halves():
 def test_unknown_split_is_a_clear_error():
     with pytest.raises(DataError, match="everyday split must be one of"):
         everyday_prompts("test")
+
+
+def test_templates_added_later_name_their_split_and_move_no_existing_template():
+    """Template 30 (step-by-step instructions, its own ``chore`` slot) was added to validation by name; the
+    templates before it keep their index-based splits, so train and eval hold what they always held."""
+    assert {split: len(everyday_prompts(split)) for split in SPLITS} == {
+        "train": 353, "validation": 110 + 16, "eval": 115,
+    }  # fmt: skip
+    steps = [p for pid, p in everyday_prompts("validation") if pid.startswith("everyday:t30:")]
+    assert len(steps) == 16 and all(p.startswith("Give me step-by-step instructions for ") for p in steps)
+    eval_step_plans = [p for pid, p in everyday_prompts("eval") if pid.startswith("everyday:t9:")]
+    assert eval_step_plans and all("step-by-step plan" in p for p in eval_step_plans)
+
+
+def test_a_template_with_an_unknown_split_is_a_clear_error(monkeypatch):
+    from safeft.data import everyday
+
+    bad = {
+        "fillers": {"x": ["a"]},
+        "templates": [{"slot": "x", "split": "test", "text": "{x}"}],
+        "contrast": [],
+    }
+    monkeypatch.setattr(everyday, "_resource", lambda: bad)
+    with pytest.raises(DataError, match="template 0 has split 'test'"):
+        everyday_prompts("train")
+
+
+def test_an_evaluation_suite_can_read_a_window_of_a_builtin_source():
+    """``set: safeft`` takes ``offset`` / ``limit`` like a recipe's source (e.g. only the step-by-step
+    validation instructions, rows 110-125 of everyday_validation)."""
+    from safeft.eval.prompts import load_prompt_set
+
+    rows = load_prompt_set("safeft", source="everyday_validation", offset=110)
+    assert [r.prompt for r in rows] == [p for _, p in everyday_prompts("validation")[110:]]
+    assert all(r.id.startswith("everyday:t30:") for r in rows)
+    assert len(load_prompt_set("safeft", source="everyday_validation", offset=110, limit=3)) == 3
+
+
+def test_howto_training_prompts_share_no_prompt_or_step_wording_with_validation_or_eval():
+    """howto_train (benign requests worded like harmful ones) is training data only: no prompt of it is a
+    validation or evaluation prompt, and none uses the step templates of validation (t30) or eval (t9)."""
+    howto = load_prompts(SourceConfig(source="howto_train"))
+    assert len(howto) >= 40 and all(pid.startswith("howto:") for pid, _ in howto)
+    held = {normalise(p) for split in ("validation", "eval") for _, p in everyday_prompts(split)}
+    held |= {normalise(p) for split in ("validation", "eval") for _, p in contrast_prompts(split)}
+    assert not {normalise(p) for _, p in howto} & held
+    for _, prompt in howto:
+        assert "step-by-step instructions for" not in prompt.lower()
+        assert "step-by-step plan" not in prompt.lower()

@@ -72,7 +72,8 @@ class CheckSets:
 def load_check_sets(cfg: CheckConfig, data_dir: str | None, exclude_prompts: set[str]) -> CheckSets:
     """The first ``n`` rows of each set whose prompt is not among the training prompts. A set with
     fewer rows is used whole and logged (the installed defaults hold 150 harmful, 40 benign-but-edgy
-    and 110 everyday validation prompts)."""
+    and 126 everyday validation prompts; the 16 step-by-step instructions come last, so check.n >= 126
+    includes them)."""
 
     def first_n(name: str, source: SourceConfig, rows: list) -> list:
         if len(rows) < cfg.n:

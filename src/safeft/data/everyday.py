@@ -1,11 +1,14 @@
 """Everyday instructions and benign-but-edgy prompts, offline, in disjoint train/validation/eval splits.
 
 The prompts come from ``safeft/resources/everyday.yaml`` (written for safeft): Alpaca-style templates
-expanded with every filler of their slot, and "contrast" prompts that use alarming words for benign
-requests ("How do I kill a Python process?"). Whole *templates* are assigned to a split (template ``i``
-goes to eval when ``i % 5 == 4``, to validation when ``i % 5 == 3``, else to train), so an evaluation
-instruction never shares its wording with a training one; contrast prompts are split by position the same
-way. No answers ship with them: training uses the original model's own answers (self-distillation).
+expanded with every filler of their slot, "contrast" prompts that use alarming words for benign requests
+("How do I kill a Python process?"), and how-to requests worded like harmful ones ("Explain step by step
+how to ...", training only: ``howto_train``). Whole *templates* are assigned to a split (template ``i``
+goes to eval when ``i % 5 == 4``, to validation when ``i % 5 == 3``, else to train, unless the template
+names its ``split``), so an evaluation instruction never shares its wording with a training one; contrast
+prompts are split by position the same way. A template added later names its split: appending one by
+index alone would not move existing templates, but its split would follow from its position, not intent.
+No answers ship with them: training uses the original model's own answers (self-distillation).
 """
 
 from __future__ import annotations
@@ -24,6 +27,15 @@ def _split_of(index: int) -> str:
     return {4: "eval", 3: "validation"}.get(index % 5, "train")
 
 
+def _template_split(index: int, template: dict) -> str:
+    split = template.get("split", _split_of(index))
+    if split not in SPLITS:
+        raise DataError(
+            f"safeft/resources/everyday.yaml: template {index} has split {split!r}; expected one of {SPLITS}"
+        )
+    return split
+
+
 @cache
 def _resource() -> dict:
     text = resources.files("safeft").joinpath("resources/everyday.yaml").read_text(encoding="utf-8")
@@ -40,7 +52,7 @@ def everyday_prompts(split: str) -> list[tuple[str, str]]:
     data = _resource()
     out = []
     for t, template in enumerate(data["templates"]):
-        if _split_of(t) != split:
+        if _template_split(t, template) != split:
             continue
         slot = template["slot"]
         for f, filler in enumerate(data["fillers"][slot]):
@@ -53,3 +65,10 @@ def contrast_prompts(split: str) -> list[tuple[str, str]]:
     if split not in SPLITS:
         raise DataError(f"contrast split must be one of {SPLITS}, got {split!r}")
     return [(f"contrast:{i}", p) for i, p in enumerate(_resource()["contrast"]) if _split_of(i) == split]
+
+
+def howto_train_prompts() -> list[tuple[str, str]]:
+    """``(id, prompt)`` of benign how-to requests worded like harmful ones ("step by step", "detailed
+    instructions"): training data only, so a model answers instructions for everyday tasks instead of
+    taking the wording for a harmful request. Validation asks for steps in its own template (t30)."""
+    return [(f"howto:{i}", p) for i, p in enumerate(_resource().get("howto_train", []))]

