@@ -141,3 +141,21 @@ def test_the_seeds_sweeps_second_round_changes_only_the_share_of_empty_prefixes(
     assert yaml.safe_load((RECIPES / "derta_smollm2.yaml").read_text())["prefix_zero_fraction"] == 0.3333
     assert points["t64_nt_self_alpaca_z67"] == {**selected, "prefix_zero_fraction": 0.6667}
     assert points["t64_nt_self_alpaca_z100"] == {**selected, "prefix_zero_fraction": 1.0}
+
+
+def test_the_seeds_sweeps_third_round_adds_only_the_howto_prompts_and_keeps_the_validation_set():
+    """Round 3: t64_nt_self_alpaca plus the howto_train prompts; its check reads the same 110 everyday
+    validation prompts as rounds 1-2 (the step-by-step template added later is measured apart)."""
+    seeds = yaml.safe_load((RECIPES.parent / "sweeps" / "derta_smollm2_seeds.yaml").read_text())
+    points = {p["name"]: p["set"] for p in seeds["points"]}
+    selected = points["t64_nt_self_alpaca"]
+    assert points["t64_nt_self_alpaca_howto"] == {
+        **selected,
+        "self_distill": [*selected["self_distill"], {"source": "howto_train"}],
+        "check": {"everyday": {"source": "everyday_validation", "limit": 110}},
+    }
+    from safeft.data.everyday import everyday_prompts
+
+    assert [pid for pid, _ in everyday_prompts("validation")[:110]] == [
+        pid for pid, _ in everyday_prompts("validation") if not pid.startswith("everyday:t30:")
+    ]
