@@ -93,3 +93,16 @@ def test_howto_training_prompts_share_no_prompt_or_step_wording_with_validation_
     for _, prompt in howto:
         assert "step-by-step instructions for" not in prompt.lower()
         assert "step-by-step plan" not in prompt.lower()
+
+
+def test_the_steps_validation_suite_asks_exactly_the_step_by_step_validation_prompts():
+    from pathlib import Path
+
+    from safeft.eval.prompts import load_prompt_set
+    from safeft.eval.suite import load_suite
+
+    suite = load_suite(Path(__file__).resolve().parents[1] / "suites" / "steps_validation.yaml")
+    (spec,) = suite.over_refusal
+    rows = load_prompt_set(spec.set, spec.path, **spec.options)
+    assert [r.id for r in rows] == [f"everyday:t30:{i}" for i in range(16)]
+    assert not suite.safety
