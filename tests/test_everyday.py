@@ -106,3 +106,15 @@ def test_the_steps_validation_suite_asks_exactly_the_step_by_step_validation_pro
     rows = load_prompt_set(spec.set, spec.path, **spec.options)
     assert [r.id for r in rows] == [f"everyday:t30:{i}" for i in range(16)]
     assert not suite.safety
+
+
+def test_the_steps_eval_suite_asks_exactly_the_step_by_step_eval_prompts():
+    from pathlib import Path
+
+    from safeft.eval.prompts import load_prompt_set
+    from safeft.eval.suite import load_suite
+
+    suite = load_suite(Path(__file__).resolve().parents[1] / "suites" / "steps_eval.yaml")
+    (spec,) = suite.over_refusal
+    rows = load_prompt_set(spec.set, spec.path, **spec.options)
+    assert [r.id for r in rows] == [f"everyday:t9:{i}" for i in range(20)]
