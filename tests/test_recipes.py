@@ -159,3 +159,23 @@ def test_the_seeds_sweeps_third_round_adds_only_the_howto_prompts_and_keeps_the_
     assert [pid for pid, _ in everyday_prompts("validation")[:110]] == [
         pid for pid, _ in everyday_prompts("validation") if not pid.startswith("everyday:t30:")
     ]
+
+
+@pytest.mark.parametrize(
+    ("recipe_file", "point_name"),
+    [
+        ("derta_smollm2_onpolicy_alpaca_z67.yaml", "t64_nt_self_alpaca_z67"),
+        ("derta_smollm2_onpolicy_alpaca_howto.yaml", "t64_nt_self_alpaca_howto"),
+    ],
+)
+def test_the_seed_rounds_recipes_are_their_sweep_points(recipe_file, point_name):
+    """A recipe of rounds 2-3 = the seeds sweep's base recipe + overrides + its point, but for its folder and
+    its check, which validates on every installed prompt (check.n 150, no limit on the everyday set)."""
+    sweep = yaml.safe_load((RECIPES.parent / "sweeps/derta_smollm2_seeds.yaml").read_text())
+    base, _ = _load("derta_smollm2.yaml")
+    point = next(p for p in sweep["points"] if p["name"] == point_name)
+    trained = {**base, **sweep["overrides"], **point["set"]}
+    recipe, _ = _load(recipe_file)
+    differ = sorted(k for k in set(trained) | set(recipe) if trained.get(k) != recipe.get(k))
+    assert differ == ["check", "output_dir"]
+    assert recipe["check"] == {**base["check"], "n": 150}
