@@ -95,26 +95,17 @@ def test_howto_training_prompts_share_no_prompt_or_step_wording_with_validation_
         assert "step-by-step plan" not in prompt.lower()
 
 
-def test_the_steps_validation_suite_asks_exactly_the_step_by_step_validation_prompts():
+@pytest.mark.parametrize(
+    ("suite_file", "template", "count"), [("steps_validation.yaml", 30, 16), ("steps_eval.yaml", 9, 20)]
+)
+def test_the_steps_suites_ask_exactly_their_step_by_step_prompts(suite_file, template, count):
     from pathlib import Path
 
     from safeft.eval.prompts import load_prompt_set
     from safeft.eval.suite import load_suite
 
-    suite = load_suite(Path(__file__).resolve().parents[1] / "suites" / "steps_validation.yaml")
+    suite = load_suite(Path(__file__).resolve().parents[1] / "suites" / suite_file)
     (spec,) = suite.over_refusal
     rows = load_prompt_set(spec.set, spec.path, **spec.options)
-    assert [r.id for r in rows] == [f"everyday:t30:{i}" for i in range(16)]
+    assert [r.id for r in rows] == [f"everyday:t{template}:{i}" for i in range(count)]
     assert not suite.safety
-
-
-def test_the_steps_eval_suite_asks_exactly_the_step_by_step_eval_prompts():
-    from pathlib import Path
-
-    from safeft.eval.prompts import load_prompt_set
-    from safeft.eval.suite import load_suite
-
-    suite = load_suite(Path(__file__).resolve().parents[1] / "suites" / "steps_eval.yaml")
-    (spec,) = suite.over_refusal
-    rows = load_prompt_set(spec.set, spec.path, **spec.options)
-    assert [r.id for r in rows] == [f"everyday:t9:{i}" for i in range(20)]
