@@ -78,6 +78,22 @@ def test_recipes_validate_and_never_train_on_their_held_out_sets(name, n_triples
     )
 
 
+def test_the_seeds_sweeps_fourth_round_combines_rounds_2_and_3_and_selects_within_the_targets():
+    """Round 4: howto_train's prompts + 2/3 empty-prefix rows, checked on every everyday validation prompt;
+    every run also scored on the step-by-step requests, and only settings within #8's over-refusal
+    targets (everyday <= 5%, edgy <= 15%) can be selected."""
+    seeds = yaml.safe_load((RECIPES.parent / "sweeps" / "derta_smollm2_seeds.yaml").read_text())
+    points = {p["name"]: p["set"] for p in seeds["points"]}
+    howto = {k: v for k, v in points["t64_nt_self_alpaca_howto"].items() if k != "check"}
+    assert points["t64_nt_self_alpaca_howto_z67"] == {**howto, "prefix_zero_fraction": 0.6667}
+    assert seeds["validation_suites"] == [{"suite": "../suites/steps_validation.yaml", "group": "everyday"}]
+    assert seeds["selection"] == {"max_over_refusal": {"everyday": 0.05, "benign": 0.15}}
+    from safeft.sweep import load_sweep
+
+    config, _ = load_sweep(RECIPES.parent / "sweeps" / "derta_smollm2_seeds.yaml")  # the suite is valid there
+    assert config.validation_suites[0].suite.endswith("suites/steps_validation.yaml")
+
+
 @pytest.mark.parametrize(
     ("recipe_file", "point_name"),
     [

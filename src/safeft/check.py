@@ -137,18 +137,34 @@ def group_rates(refused: list[bool], responses: list[str]) -> dict:
     }
 
 
-def rates_from_rows(path: Path) -> dict:
-    """:func:`group_rates` of every group in a check's JSONL file (``check_after.jsonl``)."""
-    groups: dict[str, tuple[list[bool], list[str]]] = {}
+#: one judged answer of a check: (prompt id, refused by the keyword judge, response)
+CheckRow = tuple[str, bool, str]
+
+
+def read_check_rows(path: Path) -> dict[str, list[CheckRow]]:
+    """A check's JSONL file (``check_after.jsonl``) as its rows per group (harmful_direct, ..., everyday)."""
+    groups: dict[str, list[CheckRow]] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             row = json.loads(line)
-            refused, responses = groups.setdefault(row["set"], ([], []))
-            refused.append(bool(row["refused"]))
-            responses.append(row["response"])
-    result: dict = {name: group_rates(*g) for name, g in groups.items()}
+            groups.setdefault(row["set"], []).append((str(row["id"]), bool(row["refused"]), row["response"]))
+    return groups
+
+
+def rates_of_rows(groups: dict[str, list[CheckRow]]) -> dict:
+    """:func:`group_rates` of every group and the :func:`selection_score` of them all."""
+    result: dict = {
+        name: group_rates([refused for _, refused, _ in rows], [response for _, _, response in rows])
+        for name, rows in groups.items()
+        if rows
+    }
     result["selection_score"] = selection_score(result)
     return result
+
+
+def rates_from_rows(path: Path) -> dict:
+    """:func:`group_rates` of every group in a check's JSONL file (``check_after.jsonl``)."""
+    return rates_of_rows(read_check_rows(path))
 
 
 def selection_score(result: dict) -> float:
