@@ -120,6 +120,8 @@ def test_data_split_never_overlaps_and_is_recorded(tmp_path):
         normalise(r["prompt"]) for k in ("eval_harmful", "eval_overrefusal", "eval_everyday") for r in rows[k]
     }
     assert not train & evals
+    # benign requests worded like harmful ones are answered helpfully in training (step-by-step fix)
+    assert any(r["id"].startswith("howto:") for r in rows["self_distill_prompts"])
     assert len(rows["eval_harmful"]) == cfg.data.n_eval_harmful
     assert all(len(r["response"].split()) >= max(cfg.eval.ks) + 5 for r in rows["eval_harmful"])
     n_harmful = round(cfg.task.n_train * cfg.task.harmful_fraction)

