@@ -15,23 +15,27 @@ from conftest import shared_file
 from derta_tiny import tiny_recipe
 
 
+def _tiny_suite(tmp_path, name, prompt_word, n=3, **sets):
+    """A keyword-judged suite over ``n`` tiny prompts; ``sets`` maps safety / over_refusal to the set's
+    extra fields."""
+    prompts = tmp_path / f"{name}_prompts.jsonl"
+    prompts.write_text(
+        "".join(
+            json.dumps({"id": f"{name}{i}", "prompt": f"Name a {prompt_word} number {i}."}) + "\n"
+            for i in range(n)
+        )
+    )
+    suite = tmp_path / f"{name}.yaml"
+    spec = {"name": name, "judge": "keyword", "generation": {"max_new_tokens": 3, "batch_size": 4}}
+    spec.update({group: [{"set": "jsonl", "path": str(prompts), **extra}] for group, extra in sets.items()})
+    suite.write_text(yaml.safe_dump(spec))
+    return suite
+
+
 def _sweep_file(tmp_path, tiny_model_dir, points, validation_tasks=False, validation_suite=False):
     recipe = tiny_recipe(tmp_path, tiny_model_dir, max_steps=2, save_steps=10)
-    prompts = tmp_path / "eval_prompts.jsonl"
-    prompts.write_text(
-        "".join(json.dumps({"id": f"e{i}", "prompt": f"Name a color number {i}."}) + "\n" for i in range(3))
-    )
-    suite = tmp_path / "suite.yaml"
-    suite.write_text(
-        yaml.safe_dump(
-            {
-                "name": "tiny",
-                "judge": "keyword",
-                "generation": {"max_new_tokens": 3, "batch_size": 4},
-                "safety": [{"set": "jsonl", "path": str(prompts), "attacks": ["direct"]}],
-                "over_refusal": [{"set": "jsonl", "path": str(prompts), "name": "benign"}],
-            }
-        )
+    suite = _tiny_suite(
+        tmp_path, "tiny", "color", safety={"attacks": ["direct"]}, over_refusal={"name": "benign"}
     )
     sweep = tmp_path / "sweep.yaml"
     spec = {
@@ -55,24 +59,8 @@ def _sweep_file(tmp_path, tiny_model_dir, points, validation_tasks=False, valida
         )
         spec["validation_tasks"] = {"suite": str(tasks)}
     if validation_suite:  # two benign prompts the check does not ask, added to its everyday group
-        extra = tmp_path / "extra_prompts.jsonl"
-        extra.write_text(
-            "".join(
-                json.dumps({"id": f"x{i}", "prompt": f"Name a fruit number {i}."}) + "\n" for i in range(2)
-            )
-        )
-        extra_suite = tmp_path / "extra.yaml"
-        extra_suite.write_text(
-            yaml.safe_dump(
-                {
-                    "name": "extra",
-                    "judge": "keyword",
-                    "generation": {"max_new_tokens": 3, "batch_size": 4},
-                    "over_refusal": [{"set": "jsonl", "path": str(extra), "name": "extra"}],
-                }
-            )
-        )
-        spec["validation_suites"] = [{"suite": str(extra_suite), "group": "everyday"}]
+        extra = _tiny_suite(tmp_path, "extra", "fruit", n=2, over_refusal={"name": "extra"})
+        spec["validation_suites"] = [{"suite": str(extra), "group": "everyday"}]
     sweep.write_text(yaml.safe_dump(spec))
     return sweep
 
