@@ -182,10 +182,11 @@ def test_the_seeds_sweeps_third_round_adds_only_the_howto_prompts_and_keeps_the_
     [
         ("derta_smollm2_onpolicy_alpaca_z67.yaml", "t64_nt_self_alpaca_z67"),
         ("derta_smollm2_onpolicy_alpaca_howto.yaml", "t64_nt_self_alpaca_howto"),
+        ("derta_smollm2_onpolicy_alpaca_howto_z67.yaml", "t64_nt_self_alpaca_howto_z67"),
     ],
 )
 def test_the_seed_rounds_recipes_are_their_sweep_points(recipe_file, point_name):
-    """A recipe of rounds 2-3 = the seeds sweep's base recipe + overrides + its point, but for its folder and
+    """A recipe of rounds 2-4 = the seeds sweep's base recipe + overrides + its point, but for its folder and
     its check, which validates on every installed prompt (check.n 150, no limit on the everyday set)."""
     sweep = yaml.safe_load((RECIPES.parent / "sweeps/derta_smollm2_seeds.yaml").read_text())
     base, _ = _load("derta_smollm2.yaml")
