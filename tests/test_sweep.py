@@ -410,7 +410,15 @@ def test_selection_limits_keep_an_over_refusing_setting_from_being_selected(tmp_
     [
         ({"judge": "substring"}, "judge must be 'keyword'"),
         ({"safety": [{"set": "jsonl", "path": "p.jsonl"}]}, "over-refusal sets only"),
-        ({"over_refusal": [{"set": "jsonl", "path": "reported.jsonl"}]}, "also in the reported eval suite"),
+        (
+            {"over_refusal": [{"set": "jsonl", "path": "reported.jsonl"}]},
+            "also asked by the reported eval suite",
+        ),
+        # another file, one prompt in common (case and spacing aside): the same prompt all the same
+        (
+            {"over_refusal": [{"set": "jsonl", "path": "copy.jsonl"}]},
+            "1 prompt.s. are also asked by the report",
+        ),
         ({"group": "harmful_direct"}, "group must be one of"),
         ({"limits": {"harmful": 0.1}}, "selection.max_over_refusal must map"),
         ({"limits": {"everyday": 5}}, "selection.max_over_refusal must map"),
@@ -420,8 +428,13 @@ def test_validation_suites_and_limits_are_checked_when_the_sweep_loads(tmp_path,
     from safeft.config import ConfigError
     from safeft.sweep import load_sweep
 
-    for name in ("p.jsonl", "reported.jsonl", "valid.jsonl"):
-        (tmp_path / name).write_text(json.dumps({"id": "1", "prompt": "Name a color."}) + "\n")
+    prompts = {"p.jsonl": "Name a color.", "reported.jsonl": "Name a color.", "valid.jsonl": "Name a fruit."}
+    prompts["copy.jsonl"] = ["Name a tree.", "name  a COLOR."]
+    for name, texts in prompts.items():
+        rows = [texts] if isinstance(texts, str) else texts
+        (tmp_path / name).write_text(
+            "".join(json.dumps({"id": str(i), "prompt": t}) + "\n" for i, t in enumerate(rows))
+        )
     reported = {"name": "r", "over_refusal": [{"set": "jsonl", "path": "reported.jsonl"}]}
     (tmp_path / "report.yaml").write_text(yaml.safe_dump(reported))
     suite = {"name": "v", "judge": "keyword", "over_refusal": [{"set": "jsonl", "path": "valid.jsonl"}]}

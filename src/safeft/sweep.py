@@ -174,17 +174,35 @@ def check_task_split(config: SweepConfig, where: Path) -> None:
         )
 
 
+def suite_prompts(suite: Any, specs: list[Any], limit: int | None = None) -> set[str]:
+    """The normalised prompts ``safeft eval`` asks of ``specs`` (sets of ``suite``), sampled as the runner
+    samples them (``limit`` overrides each set's, like ``safeft eval --limit``). A hub set, which cannot
+    be read offline, stands for itself by name."""
+    from safeft.check import normalise
+    from safeft.eval.prompts import load_prompt_set, sample_records
+
+    prompts = set()
+    for spec in specs:
+        if spec.set == "hub":
+            prompts.add(json.dumps(["hub", spec.path, spec.options], sort_keys=True, default=str))
+            continue
+        records = load_prompt_set(
+            spec.set, str(suite.resolve(spec.path)) if spec.path else None, **spec.options
+        )
+        n = limit if limit is not None else (spec.limit if spec.limit is not None else suite.limit)
+        prompts |= {normalise(r.prompt) for r in sample_records(records, n, suite.seed)}
+    return prompts
+
+
 def check_validation_suites(config: SweepConfig, where: Path) -> None:
-    """Each validation suite: keyword judge (the check's), over-refusal sets only, none of them a set of
-    the reported ``eval`` suite, added to a benign group; selection constraints name benign groups."""
+    """Each validation suite: keyword judge (the check's), over-refusal sets only, no prompt that the
+    reported ``eval`` suite asks, added to a benign group; selection constraints name benign groups."""
     from safeft.eval.suite import load_suite
 
-    def set_key(spec: Any) -> str:
-        return json.dumps([spec.set, spec.path, spec.options, spec.limit], sort_keys=True, default=str)
-
-    reported = set()
-    if config.eval is not None:
-        reported = {set_key(s) for s in load_suite(config.eval.suite).over_refusal}
+    reported: set[str] = set()
+    if config.eval is not None and config.validation_suites:
+        shown = load_suite(config.eval.suite)
+        reported = suite_prompts(shown, [*shown.safety, *shown.over_refusal], config.eval.limit)
     for i, extra in enumerate(config.validation_suites):
         label = f"{where}: validation_suites[{i}] ({extra.suite})"
         if extra.group not in BENIGN_GROUPS:
@@ -194,11 +212,11 @@ def check_validation_suites(config: SweepConfig, where: Path) -> None:
             raise ConfigError(f"{label}: judge must be 'keyword' (the check's judge), got {suite.judge!r}")
         if suite.safety or suite.tasks or not suite.over_refusal:
             raise ConfigError(f"{label}: must hold over-refusal sets only (no safety sets, no tasks)")
-        shared = [s.label for s in suite.over_refusal if set_key(s) in reported]
+        shared = sorted(suite_prompts(suite, suite.over_refusal) & reported)
         if shared:
             raise ConfigError(
-                f"{label}: set(s) {shared} are also in the reported eval suite: a setting must not be "
-                "chosen on the prompts it is reported on"
+                f"{label}: {len(shared)} prompt(s) are also asked by the reported eval suite, e.g. "
+                f"{shared[0][:60]!r}: a setting must not be chosen on the prompts it is reported on"
             )
     for group, limit in config.selection.max_over_refusal.items():
         if group not in BENIGN_GROUPS or not isinstance(limit, int | float) or not 0 <= limit <= 1:
