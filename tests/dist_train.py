@@ -61,12 +61,20 @@ def count_head_in_forward(seen: dict) -> None:
 
 
 def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable parameters as full tensors (a DTensor shard is all-gathered: every rank must call)."""
+    """Trainable parameters as full tensors (a DTensor shard or a ZeRO-3 partition is all-gathered: every
+    rank must call)."""
     weights = {}
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            value = p.full_tensor() if hasattr(p, "full_tensor") else p
-            weights[name.removeprefix("module.")] = value.detach().float().cpu().clone().contiguous()
+        if not p.requires_grad:
+            continue
+        if hasattr(p, "ds_id"):  # DeepSpeed ZeRO-3: the parameter is a partition until gathered
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([p]):
+                value = p.detach().float().cpu().clone().contiguous()
+        else:
+            value = (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().float().cpu().clone()
+        weights[name.removeprefix("module.")] = value.contiguous()
     return weights
 
 

@@ -10,6 +10,7 @@ rank 0 alone, complete, and that rank 1 returned only after rank 0 had saved.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -26,7 +27,7 @@ from conftest import make_tiny_model, perturb_attention
 from derta_tiny import tiny_recipe, write_tiny_data
 
 HERE = Path(__file__).parent
-ACCELERATE_FSDP = Path(__file__).resolve().parents[1] / "accelerate" / "fsdp.yaml"
+ACCELERATE = Path(__file__).resolve().parents[1] / "accelerate"
 
 #: files of a run that rank 0 alone writes, each once
 RANK0_FILES = [
@@ -45,7 +46,8 @@ CHECK_GROUPS = {"harmful_direct", "harmful_prefill", "benign", "everyday"}
 
 def run_launcher(cmd: list[str], report: Path, timeout: int = 300) -> list[dict]:
     """Run a 2-process launch command; return each rank's report (rank<R>.json) in rank order."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE), "TOKENIZERS_PARALLELISM": "false"}
+    path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)  # keep the caller's
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return [json.loads(p.read_text()) for p in sorted(report.glob("rank*.json"))]
@@ -317,15 +319,27 @@ FSDP_ON_CPU = (
 )
 
 
+NEEDS_DEEPSPEED = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="no deepspeed")
+
+
 @pytest.mark.distributed
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=FSDP_ON_CPU)
-def test_derta_under_accelerate_fsdp(tmp_path, talking_model_dir):
-    """train_derta launched with accelerate's FSDP2 config on up to 2 GPUs: sharded, the head inside
-    the forward, identical gathered weights, the check and merged/ from rank 0 on the gathered model."""
+@pytest.mark.parametrize(
+    ("config_file", "sharded"),
+    [
+        ("fsdp.yaml", True),
+        pytest.param("deepspeed_zero2.yaml", False, marks=NEEDS_DEEPSPEED),
+        pytest.param("deepspeed_zero3.yaml", True, marks=NEEDS_DEEPSPEED),
+    ],
+)
+def test_derta_under_accelerate_on_gpus(tmp_path, talking_model_dir, config_file, sharded):
+    """train_derta launched with a shipped accelerate config (FSDP2, ZeRO-2, ZeRO-3) on up to 2 GPUs: the
+    head inside the forward exactly when the weights are sharded, identical gathered weights, the check
+    and merged/ from rank 0 on the whole model."""
     nproc = min(2, torch.cuda.device_count())
-    config = yaml.safe_load(ACCELERATE_FSDP.read_text())
+    config = yaml.safe_load((ACCELERATE / config_file).read_text())
     config.update(num_processes=nproc, mixed_precision="no", main_process_port=free_port())
-    (tmp_path / "fsdp.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "launch.yaml").write_text(yaml.safe_dump(config))
     recipe = derta_recipe(tmp_path, talking_model_dir, dtype="fp32")  # exact comparisons, as on the CPU
     report = tmp_path / "report"
     report.mkdir()
@@ -334,17 +348,19 @@ def test_derta_under_accelerate_fsdp(tmp_path, talking_model_dir):
         "-m",
         "accelerate.commands.launch",
         "--config_file",
-        str(tmp_path / "fsdp.yaml"),
+        str(tmp_path / "launch.yaml"),
     ]
     reports = run_launcher([*accelerate, str(HERE / "dist_train.py"), str(recipe), str(report)], report, 600)
-    assert all(r["fsdp"] and r["sharded"] and r["head_in_forward_calls"] > 0 for r in reports)
     assert all(r["world_size"] == nproc and r["steps"] == 3 for r in reports)
+    assert all(r["sharded"] == sharded and (r["head_in_forward_calls"] > 0) == sharded for r in reports)
+    assert all(r["fsdp"] == config_file.startswith("fsdp") for r in reports)
     run = tmp_path / "run"
     if nproc == 2:
         trained = assert_same_trained_weights(report)
         assert_rank0_outputs(run, reports)
     else:
         trained = load_file(report / "rank0.safetensors")
+        assert any(trained[n].abs().sum() > 0 for n in trained if "lora_B" in n)
     assert_check_complete(run)
     assert_saved_models(run, talking_model_dir, trained)
 

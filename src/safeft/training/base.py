@@ -569,21 +569,43 @@ def training_arguments_kwargs(config: TrainConfig) -> dict[str, Any]:
     return {**kwargs, **trainer_extras(config.trainer)}
 
 
+@contextlib.contextmanager
+def whole_model_loading() -> Iterator[None]:
+    """Inside a ZeRO-3 run, ``from_pretrained`` partitions every model it loads (``zero.Init``) while the
+    Trainer's DeepSpeed config is alive; rank 0's unsharded copy for the check and ``merged/`` must be
+    whole (seen on an H200: merging LoRA into size-0 partitions failed). transformers keeps that config
+    in a module-level weak reference with no public getter, hence the private name."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
+def load_whole_base(config: TrainConfig) -> PreTrainedModel:
+    """The base model re-loaded whole and unquantised in the training dtype, on the CPU."""
+    options = config.load_options()
+    plain = LoadOptions(options.dtype, None, options.attn_implementation, load_in_4bit=False)
+    with whole_model_loading():
+        model, _ = load_model_and_tokenizer(
+            config.model,
+            chat_template=config.chat_template,
+            trust_remote_code=config.trust_remote_code,
+            options=plain,
+            revision=config.revision,
+        )
+    return model
+
+
 def merge_adapter_into_base(config: TrainConfig, adapter_dir: str | Path) -> PreTrainedModel:
     """The base model re-loaded unquantised in the training dtype (on the CPU) with the saved adapter
     merged in: what a QLoRA run saves as ``merged/`` (merging into NF4 weights would round them)."""
     from peft import PeftModel
 
-    options = config.load_options()
-    plain = LoadOptions(options.dtype, None, options.attn_implementation, load_in_4bit=False)
-    base, _ = load_model_and_tokenizer(
-        config.model,
-        chat_template=config.chat_template,
-        trust_remote_code=config.trust_remote_code,
-        options=plain,
-        revision=config.revision,
-    )
-    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    return PeftModel.from_pretrained(load_whole_base(config), str(adapter_dir)).merge_and_unload()
 
 
 #: recipe fields that may change between an interrupted run and its resumption
@@ -670,15 +692,7 @@ def rebuilt_model(config: TrainConfig, weights: dict[str, torch.Tensor]) -> PreT
     """An unsharded copy of a trained model on the CPU: the base re-loaded in the training dtype
     (unquantised), LoRA added as for training, then ``weights`` (:func:`gathered_weights`) loaded in.
     Fails when a gathered name is not in the copy or a trainable weight of the copy was not gathered."""
-    options = config.load_options()
-    plain = LoadOptions(options.dtype, None, options.attn_implementation, load_in_4bit=False)
-    model, _ = load_model_and_tokenizer(
-        config.model,
-        chat_template=config.chat_template,
-        trust_remote_code=config.trust_remote_code,
-        options=plain,
-        revision=config.revision,
-    )
+    model = load_whole_base(config)
     if config.lora.enabled:
         model = add_lora(model, config.lora)
     result = model.load_state_dict(weights, strict=False)
