@@ -353,3 +353,23 @@ def test_scale_check_dry_run_builds_a_model_and_validates_every_step(tmp_path, t
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "w" / "model").num_parameters() > 0
     saved = json.loads((tmp_path / "o" / "scale_check.json").read_text())
     assert saved["steps"]["fsdp"]["argv"][:2] == ["safeft.cli", "train"]
+
+
+def test_generation_on_one_rank_does_not_wait_for_the_others_under_zero3(monkeypatch, tokenizer):
+    """With ZeRO-3 on and several processes, transformers' generate defaults to synced_gpus (every rank
+    steps until all finish); rank 0's check generates alone, so the generator turns that off."""
+    import transformers.generation.utils as generation_utils
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    from safeft.eval.generation import Conversation, HFGenerator
+
+    model = make_tiny_model(len(tokenizer), seed=7)
+    monkeypatch.setattr(generation_utils, "_get_torch_distributed_world_size", lambda: 2)
+    hf_deepspeed.set_hf_deepspeed_config(zero3 := _Zero3Config())
+    try:
+        generator = HFGenerator(model, tokenizer, GenerationConfig(max_new_tokens=3, batch_size=2))
+        answers = generator.generate([Conversation.user("Name a fruit.")] * 2)
+    finally:
+        hf_deepspeed.unset_hf_deepspeed_config()
+    del zero3
+    assert len(answers) == 2

@@ -214,8 +214,13 @@ class HFGenerator:
         self.model.eval()
         try:
             with torch.inference_mode(), autocast:
+                # synced_gpus=False: this process alone generates with a whole model (rank 0's check in a
+                # ZeRO-3 run would otherwise wait forever for ranks that are not generating)
                 out = self.model.generate(
-                    input_ids=input_ids, attention_mask=attention_mask, **self._generation_kwargs()
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    synced_gpus=False,
+                    **self._generation_kwargs(),
                 )
         finally:
             if was_training:

@@ -693,9 +693,10 @@ def rebuilt_model(config: TrainConfig, weights: dict[str, torch.Tensor]) -> PreT
     (unquantised), LoRA added as for training, then ``weights`` (:func:`gathered_weights`) loaded in.
     Fails when a gathered name is not in the copy or a trainable weight of the copy was not gathered."""
     model = load_whole_base(config)
-    if config.lora.enabled:
-        model = add_lora(model, config.lora)
-    result = model.load_state_dict(weights, strict=False)
+    with whole_model_loading():  # PEFT, too, treats weights differently while ZeRO-3 is on
+        if config.lora.enabled:
+            model = add_lora(model, config.lora)
+        result = model.load_state_dict(weights, strict=False)
     absent = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
     if result.unexpected_keys or absent:
         raise RuntimeError(
