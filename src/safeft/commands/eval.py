@@ -109,6 +109,13 @@ def register(subparsers: Any) -> None:
         choices=["auto", "bf16", "fp16", "fp32"],
         help="weights' dtype (default: the suite's, else auto = bf16 on GPUs that have it, else fp32)",
     )
+    g.add_argument(
+        "--backend",
+        choices=["hf", "vllm"],
+        default="hf",
+        help="local generation: hf (transformers generate) or vllm (in-process vLLM, CUDA; "
+        "pip install 'safeft[vllm]'; --model must be a folder or hub id)",
+    )
     e = p.add_argument_group("OpenAI-compatible endpoint")
     e.add_argument("--endpoint", help="base URL (e.g. http://127.0.0.1:8000/v1); --model is the served name")
     e.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the --endpoint's API key")
@@ -322,6 +329,14 @@ def execute(args: argparse.Namespace, local_model: tuple[Any, Any] | None = None
 
     if args.endpoint and args.adapter:
         raise ValueError("--adapter applies to a local model; with --endpoint, serve the adapter instead")
+    vllm = getattr(args, "backend", "hf") == "vllm"  # safeft.evaluate's namespace has no backend
+    if vllm and (args.endpoint or local_model is not None):
+        raise ValueError("--backend vllm loads --model itself: it does not combine with --endpoint")
+    if vllm and any("autodan" in s.attacks for s in suite.safety):
+        raise ValueError(
+            "attack 'autodan' needs the target's log-probabilities from the HF model (white-box fitness): "
+            "evaluate autodan with --backend hf, or drop it from --attacks"
+        )
     if args.endpoint and any("autodan" in s.attacks for s in suite.safety):
         raise ValueError(
             "attack 'autodan' needs the target's log-probabilities (white-box fitness), which --endpoint "
@@ -336,6 +351,12 @@ def execute(args: argparse.Namespace, local_model: tuple[Any, Any] | None = None
     elif args.endpoint:
         generator, fingerprint = _endpoint_generator(args.endpoint, args.model, args, suite.generation)
         backend = "openai"
+    elif vllm:
+        from safeft.eval.vllm_backend import VLLMGenerator, vllm_fingerprint
+
+        generator = VLLMGenerator(args.model, suite.generation, args.adapter, args.chat_template)
+        fingerprint = vllm_fingerprint(args.model, args.adapter, args.chat_template)
+        backend = "vllm"
     else:
         generator, fingerprint = _local_generator(
             args.model, args.adapter, args.chat_template, suite.generation
