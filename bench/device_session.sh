@@ -12,7 +12,8 @@
 # setup: part1 without the check (a fresh machine before part2)
 # part2 [SECS] [SWEEP]: the real SmolLM2 restored, `safeft sweep --config SWEEP` on the GPU
 #   (default sweeps/derta_smollm2_gpu.yaml; then sweeps/derta_smollm2_gpu_gsm8k.yaml)
-# scale [SECS]: one call, no GGUF needed (README, "What was verified on which hardware"). Carries
+# scale [SECS]: one call, no GGUF needed (README, "What was verified on which hardware"); .dev/ built by
+#   bash bench/prepare_device.sh. Carries
 #   .dev/whl/*.whl   transformers, peft, datasets, gguf, deepspeed (+ hjson, pydantic) wheels
 #   .dev/bnb         bitsandbytes 0.50.2 unpacked, CUDA 13 libraries only (the wheel is 43 MB)
 #   .dev/pkgs        the five data files recipes/derta_llama3_8b.yaml and its check read
