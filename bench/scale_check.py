@@ -225,8 +225,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[scale_check] {name}: {json.dumps(summary)}", flush=True)
         (out / "scale_check.json").write_text(json.dumps(report, indent=1))
         # the disk holds ~4 copies of an 8B model: drop each merged/ once recorded (qlora's after eval)
-        for done in [name] if name not in ("qlora", "eval") else ["qlora"] if name == "eval" else []:
-            shutil.rmtree(work / "runs" / done / "merged", ignore_errors=True)
+        drop = {"qlora": None, "eval": "qlora"}.get(name, name)  # eval reads qlora's merged/
+        if drop:
+            shutil.rmtree(work / "runs" / drop / "merged", ignore_errors=True)
     (out / "scale_check.json").write_text(json.dumps(report, indent=1))
     return report
 

@@ -37,6 +37,13 @@ def is_adapter_dir(path: str | Path) -> bool:
     return p.is_dir() and (p / ADAPTER_CONFIG).is_file()
 
 
+def require_adapter_dir(path: str | Path) -> dict:
+    """The ``adapter_config.json`` of a ``--adapter`` folder; FileNotFoundError if it is not one."""
+    if not is_adapter_dir(path):
+        raise FileNotFoundError(f"--adapter {path}: no {ADAPTER_CONFIG} (not a PEFT adapter folder)")
+    return json.loads((Path(path) / ADAPTER_CONFIG).read_text())
+
+
 @dataclass(frozen=True)
 class LoraKeys:
     a_key: str

@@ -220,10 +220,9 @@ def _local_generator(name: str, adapter: str | None, chat_template: str | None, 
     if adapter:
         from peft import PeftModel
 
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise FileNotFoundError(
-                f"--adapter {adapter}: no adapter_config.json (not a PEFT adapter folder)"
-            )
+        from safeft.asft.adapter import require_adapter_dir
+
+        require_adapter_dir(adapter)
         try:
             model = PeftModel.from_pretrained(model, adapter)
         except (RuntimeError, KeyError, ValueError) as exc:

@@ -15,7 +15,6 @@ the embedded GGUF default is refused (serve a converted folder instead).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,10 +40,9 @@ def _import_vllm() -> Any:
 
 def lora_rank(adapter: str | Path) -> int:
     """The rank ``r`` in a PEFT adapter folder's ``adapter_config.json`` (vLLM sizes its slots by it)."""
-    path = Path(adapter) / "adapter_config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"--adapter {adapter}: no adapter_config.json (not a PEFT adapter folder)")
-    return int(json.loads(path.read_text()).get("r", 16))
+    from safeft.asft.adapter import require_adapter_dir
+
+    return int(require_adapter_dir(adapter).get("r", 16))
 
 
 class VLLMGenerator:
