@@ -2,7 +2,12 @@
 
     python bench/bench_generation.py [--model smollm2-135m-instruct] [--n 32] [--max-new-tokens 48]
                                      [--batch-size 16] [--threads T] [--bf16]
+                                     [--vs-batch-size B] [--no-loop]
                                      [--out bench/results/bench_generation.json]
+
+``--vs-batch-size B`` also times batches of B beside ``--batch-size`` (the eval and check defaults moved
+from 16 to 64 on this comparison) and counts the outputs the two batch sizes generate alike; ``--no-loop``
+skips the one-at-a-time loop (slow at large ``--n``).
 
 Both paths use :class:`safeft.eval.generation.HFGenerator` (the loop with ``batch_size=1``), so the
 only difference is batching. Generated tokens = the output re-tokenised (the outputs are checked
@@ -75,6 +80,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--bf16", action="store_true", help="also time batched generation under bf16 autocast")
+    ap.add_argument("--vs-batch-size", type=int, help="also time batches of this size (same prompts)")
+    ap.add_argument("--no-loop", action="store_true", help="skip the one-prompt-at-a-time loop")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_generation.json"))
     args = ap.parse_args()
 
@@ -90,33 +97,49 @@ def main() -> None:
 
     out_b, t_b = timed(batched, convs)
     print(f"batched: {t_b:.1f}s", flush=True)
-    out_s, t_s = timed(single, convs)
-    print(f"loop: {t_s:.1f}s", flush=True)
-    tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in out_s)
-    identical = out_b == out_s
-    mismatches = [i for i, (a, b) in enumerate(zip(out_b, out_s, strict=True)) if a != b]
+    tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in out_b)
     result = {
         "model": args.model,
         "prompts": len(convs),
         "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
         "generated_tokens": tokens,
-        "loop_seconds": round(t_s, 2),
         "batched_seconds": round(t_b, 2),
-        "loop_tokens_per_s": round(tokens / t_s, 1),
         "batched_tokens_per_s": round(tokens / t_b, 1),
-        "speedup": round(t_s / t_b, 2),
-        "identical_outputs": identical,
-        "mismatched_prompts": mismatches,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
     }
     print(f"{'path':<22} {'seconds':>8} {'tokens/s':>9}")
-    print(f"{'one-at-a-time loop':<22} {t_s:>8.1f} {tokens / t_s:>9.1f}")
     print(f"{'batched (bs=' + str(args.batch_size) + ')':<22} {t_b:>8.1f} {tokens / t_b:>9.1f}")
-    print(f"speedup {t_s / t_b:.2f}x  (target >= 4x); identical greedy outputs: {identical}")
+    out_s = out_b
+    if not args.no_loop:
+        out_s, t_s = timed(single, convs)
+        identical = out_b == out_s
+        mismatches = [i for i, (a, b) in enumerate(zip(out_b, out_s, strict=True)) if a != b]
+        result.update(
+            loop_seconds=round(t_s, 2),
+            loop_tokens_per_s=round(tokens / t_s, 1),
+            speedup=round(t_s / t_b, 2),
+            identical_outputs=identical,
+            mismatched_prompts=mismatches,
+        )
+        print(f"{'one-at-a-time loop':<22} {t_s:>8.1f} {tokens / t_s:>9.1f}")
+        print(f"speedup {t_s / t_b:.2f}x  (target >= 4x); identical greedy outputs: {identical}")
+    if args.vs_batch_size:
+        cfg = GenerationConfig(args.max_new_tokens, batch_size=args.vs_batch_size)
+        out_v, t_v = timed(HFGenerator(model, tokenizer, cfg), convs)
+        same = sum(a == b for a, b in zip(out_v, out_b, strict=True))
+        result.update(
+            vs_batch_size=args.vs_batch_size,
+            vs_batched_seconds=round(t_v, 2),
+            vs_speedup=round(t_b / t_v, 2),
+            vs_outputs_equal=same,
+        )
+        label = f"batched (bs={args.vs_batch_size})"
+        print(f"{label:<22} {t_v:>8.1f} {tokens / t_v:>9.1f}   ({same}/{len(convs)} outputs equal)")
+        print(f"bs={args.vs_batch_size} vs bs={args.batch_size}: {t_b / t_v:.2f}x")
     if args.bf16:
         cfg = GenerationConfig(args.max_new_tokens, batch_size=args.batch_size, bf16_autocast=True)
         out_h, t_h = timed(HFGenerator(model, tokenizer, cfg), convs)

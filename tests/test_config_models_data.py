@@ -143,7 +143,20 @@ def test_refusal_pool_is_deterministic_and_fills_missing_refusals(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text('{"prompt": "q", "harmful_response": "h h"}\n')
     (triple,) = load_safety_triples(SourceConfig(path=str(path)), pool.pick)
-    assert triple.refusal == pool.pick(f"{path}:1")
+    assert triple.refusal == pool.pick("q")  # keyed by the prompt text
+    # the same rows in another folder get the same refusals (the choice used to follow the file's path)
+    (tmp_path / "elsewhere").mkdir()
+    moved = tmp_path / "elsewhere" / "t.jsonl"
+    moved.write_text(path.read_text())
+    assert load_safety_triples(SourceConfig(path=str(moved)), pool.pick)[0].refusal == triple.refusal
+    # a file's own "refusal" column is used without a fields mapping; an empty one is filled from the pool
+    own = tmp_path / "own.jsonl"
+    own.write_text(
+        '{"prompt": "q", "harmful_response": "h h", "refusal": "Sorry, my own words."}\n'
+        '{"prompt": "r", "harmful_response": "h h", "refusal": ""}\n'
+    )
+    first, second = load_safety_triples(SourceConfig(path=str(own)), pool.pick)
+    assert first.refusal == "Sorry, my own words." and second.refusal == pool.pick("r")
     (tmp_path / "pool.txt").write_text("Sorry A\n\nSorry B\n")
     assert RefusalPool.from_file(tmp_path / "pool.txt").refusals == ["Sorry A", "Sorry B"]
     with pytest.raises(DataError, match="refusal pool is empty"):

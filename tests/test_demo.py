@@ -229,6 +229,10 @@ def test_demo_refuses_to_mix_configs(tiny_model_dir, tmp_path):
     check_config(tiny_config(tiny_model_dir, out), out)
     with pytest.raises(ConfigError, match="another config"):
         check_config(tiny_config(tiny_model_dir, out, "--eval.max_new_tokens", "8"), out)
+    # generation batch sizes change speed, not answers: a run resumes under other ones
+    check_config(tiny_config(tiny_model_dir, out, "--eval.batch_size", "3"), out)
+    with pytest.raises(ConfigError, match="must be >= 1"):
+        tiny_config(tiny_model_dir, out, "--data.self_distill_batch_size", "0")
 
 
 # -- the real thing --------------------------------------------------------------------------------------

@@ -121,6 +121,48 @@ def test_interrupted_eval_resumes_without_regenerating(tiny_model_dir, tmp_path)
     assert third.generated == 6
 
 
+class Recording:
+    """A generator that answers every conversation the same way and records each call's size."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def generate(self, conversations, on_batch=None):
+        self.calls.append(len(conversations))
+        texts = ["Sure, here it is: step one." for _ in conversations]
+        if on_batch is not None:
+            on_batch(list(range(len(texts))), texts)
+        return texts
+
+
+def test_runner_generates_all_cells_in_one_call_and_a_shared_conversation_once(prompts_file, tmp_path):
+    from safeft.eval.suite import EvalSuite, SetSpec
+
+    path = str(prompts_file)
+    suite = EvalSuite(
+        name="pooled",
+        # two safety sets over the same prompts with the same attack: identical conversations and keys
+        safety=[
+            SetSpec(set="jsonl", path=path, name="a", attacks=["direct", "completion"]),
+            SetSpec(set="jsonl", path=path, name="b", attacks=["direct"]),
+        ],
+        over_refusal=[SetSpec(set="jsonl", path=path, name="benign")],
+    )
+    suite.validate()
+    info = ModelInfo("m", "fp-pooled")
+    gen = Recording()
+    results = EvalRunner(suite, gen, info, KeywordJudge(), tmp_path / "out").run()
+    # direct (3) + completion (3) + over-refusal (3) in one call; set b's direct answers are set a's
+    assert gen.calls == [9]
+    assert len(lines(tmp_path / "out" / "generations.jsonl")) == 9
+    assert results["attacks"]["direct@a"]["n_total"] == results["attacks"]["direct@b"]["n_total"] == 3
+    assert results["attacks"]["completion@a"]["asr"] == 1.0
+    assert results["over_refusal"]["benign"]["all"]["n"] == 3
+    again = Recording()
+    EvalRunner(suite, again, info, KeywordJudge(), tmp_path / "out").run()
+    assert again.calls == []  # everything read back from the cache
+
+
 def test_eval_with_lora_adapter(tiny_model_dir, prompts_file, tmp_path):
     from peft import LoraConfig, get_peft_model
 

@@ -94,6 +94,21 @@ def test_the_seeds_sweeps_fourth_round_combines_rounds_2_and_3_and_selects_withi
     assert config.validation_suites[0].suite.endswith("suites/steps_validation.yaml")
 
 
+def test_the_seeds_sweeps_vanilla_baseline_has_the_selected_settings_rows():
+    """#8 compares pre-filled ASR with vanilla safety SFT on the same data: the baseline point is the
+    selected _howto_z67 but for prefix / rto, and is never selectable."""
+    seeds = yaml.safe_load((RECIPES.parent / "sweeps" / "derta_smollm2_seeds.yaml").read_text())
+    points = {p["name"]: p for p in seeds["points"]}
+    vanilla = points["vanilla_alpaca_howto"]
+    assert vanilla["baseline"] is True
+    selected = points["t64_nt_self_alpaca_howto_z67"]["set"]
+    assert vanilla["set"] == {**selected, "prefix": False, "rto": False}
+    from safeft.sweep import load_sweep
+
+    config, _ = load_sweep(RECIPES.parent / "sweeps" / "derta_smollm2_seeds.yaml")
+    assert [p.name for p in config.points if p.baseline] == ["vanilla_alpaca_howto"]
+
+
 @pytest.mark.parametrize(
     ("recipe_file", "point_name"),
     [

@@ -49,7 +49,10 @@ class CheckConfig:
     n: int = 50
     prefill_tokens: int = 20
     max_new_tokens: int = 48
-    batch_size: int = 16
+    batch_size: int = field(
+        default=64,
+        metadata={"help": "generations per batch: speed only (64 ran ~2x faster than 16 on 2 CPU cores)"},
+    )
     before: bool = True  # also check the original weights (the "before" column)
     select: str = "last"  # last | best: keep the checkpoint with the lowest validation score (LoRA only)
 

@@ -29,7 +29,9 @@ DEFAULT_REFUSALS: tuple[str, ...] = (
 
 
 class RefusalPool:
-    """Deterministic choice of a refusal for a row: the same (seed, key) always gets the same one."""
+    """Deterministic choice of a refusal for a row: the same (seed, key) always gets the same one. Callers
+    key by the prompt text (not the row's ``file:row`` origin, whose path changes with the install and
+    output folders)."""
 
     def __init__(self, refusals: tuple[str, ...] | list[str] = DEFAULT_REFUSALS, seed: int = 0) -> None:
         refusals = [r.strip() for r in refusals if r and r.strip()]

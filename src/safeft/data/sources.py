@@ -318,15 +318,18 @@ def _collect(cfg: SourceConfig, data_dir: str | None, make: Callable[[str, dict,
 def load_safety_triples(
     cfg: SourceConfig, refusal_for: Callable[[str], str], data_dir: str | None = None
 ) -> list[SafetyTriple]:
-    """Safety triples of a source; rows without a refusal get ``refusal_for(origin)`` from the pool."""
+    """Safety triples of a source. The refusal is the row's own (the ``refusal`` field, mapped with
+    ``fields`` or a column named ``refusal``); rows without one get ``refusal_for(prompt)`` from the pool,
+    keyed by the prompt text so that the choice does not depend on where the file lies."""
 
     def make(origin: str, row: dict, fields: dict) -> SafetyTriple:
-        refusal_field = fields.get("refusal")
+        refusal_field = fields.get("refusal") or ("refusal" if "refusal" in row else None)
         refusal = text_field(row, refusal_field, origin, allow_empty=True) if refusal_field else ""
+        prompt = text_field(row, fields.get("prompt", "prompt"), origin)
         return SafetyTriple(
-            prompt=text_field(row, fields.get("prompt", "prompt"), origin),
+            prompt=prompt,
             harmful_response=text_field(row, fields.get("harmful_response", "harmful_response"), origin),
-            refusal=refusal or refusal_for(origin),
+            refusal=refusal or refusal_for(prompt),
             origin=origin,
         )
 

@@ -39,6 +39,7 @@ class DataBudget:
     n_everyday: int = 24  # everyday instructions of the eval templates (over-refusal)
     n_self_distill: int = 120  # benign prompts the original model answers, per source (helpful rows)
     self_distill_max_new_tokens: int = 64
+    self_distill_batch_size: int = 64  # prompts per generate call (CPU: 64 ran 2.2x faster than 16)
     min_eval_answer_words: int = 45  # eval answers must be long enough for the k=40 prefill
 
 
@@ -94,7 +95,7 @@ class EvalBudget:
 
     ks: list[int] = field(default_factory=lambda: [0, 10, 20, 40])
     max_new_tokens: int = 32
-    batch_size: int = 16
+    batch_size: int = 64  # generations per batch, pooled over every cell of a model's suite
     judge: str = "keyword"
     judge_options: dict = field(default_factory=dict)
 
@@ -127,6 +128,8 @@ class DemoConfig:
             )
         if self.task.n_train < 1 or self.task.n_eval < 1:
             raise ConfigError("task.n_train and task.n_eval must be >= 1")
+        if self.data.self_distill_batch_size < 1 or self.eval.batch_size < 1:
+            raise ConfigError("data.self_distill_batch_size and eval.batch_size must be >= 1")
 
 
 #: ``--quick``: the same stages with fewer rows, prompts and tokens (<= 5 minutes on 2 idle cores)

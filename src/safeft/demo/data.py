@@ -71,7 +71,7 @@ def harmful_pool(config: DemoConfig) -> list[SafetyTriple]:
             if key not in seen:
                 seen.add(key)
                 # one refusal style for every source: the pool's (UncensorBench ships its own)
-                triples.append(SafetyTriple(t.prompt, t.harmful_response, pool.pick(t.origin), t.origin))
+                triples.append(SafetyTriple(t.prompt, t.harmful_response, pool.pick(t.prompt), t.origin))
     random.Random(config.seed).shuffle(triples)
     return triples
 

@@ -157,13 +157,17 @@ def build_stages(config: DemoConfig, out: Path) -> list[Stage]:
     return stages
 
 
+#: fields that change how fast answers are generated, not what they are (batch sizes are not cache keys)
+RESULT_NEUTRAL = frozenset({"eval.batch_size", "data.self_distill_batch_size"})
+
+
 def check_config(config: DemoConfig, out: Path) -> None:
     """Refuse to resume a folder made with other budgets (its finished stages would be mixed in)."""
     path = out / CONFIG_FILE
     current = {k: v for k, v in as_dict(config).items() if k != "out"}
     if path.is_file():
         saved = {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k != "out"}
-        diff = config_diff(saved, current)
+        diff = [k for k in config_diff(saved, current) if k not in RESULT_NEUTRAL]
         if diff:
             raise ConfigError(
                 f"{out} holds a demo run with another config (differs in {', '.join(diff)}); "

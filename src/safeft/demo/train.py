@@ -54,6 +54,7 @@ def self_distill(config: DemoConfig, folder: Path, model_dir: Path, data: Path) 
         prompts,
         fingerprint=model_fingerprint(config.model),
         max_new_tokens=config.data.self_distill_max_new_tokens,
+        batch_size=config.data.self_distill_batch_size,
     )
     with (folder / DISTILLED).open("w", encoding="utf-8") as f:
         for p in result.pairs:
