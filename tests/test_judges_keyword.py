@@ -172,7 +172,7 @@ def test_eval_results_and_report_count_refusals_after_content(tmp_path):
     ]
 
     class CannedRunner(EvalRunner):
-        def generate(self, attack_key, items, generator=None, fingerprint=None):
+        def generate_items(self, items, generator=None, fingerprint=None):  # every generation goes here
             return answers[: len(items)]
 
     runner = CannedRunner(suite, None, ModelInfo("canned", "fp"), KeywordJudge(), tmp_path / "o", seed=0)
