@@ -5,9 +5,9 @@
                                      [--vs-batch-size B] [--no-loop]
                                      [--out bench/results/bench_generation.json]
 
-``--vs-batch-size B`` also times batches of B beside ``--batch-size`` (the eval and check defaults moved
-from 16 to 64 on this comparison) and counts the outputs the two batch sizes generate alike; ``--no-loop``
-skips the one-at-a-time loop (slow at large ``--n``).
+``--vs-batch-size B`` also times batches of B beside ``--batch-size`` and counts the outputs the two batch
+sizes generate alike (written 2026-11-28, not yet run: the demo's and the check's move from 16 to 64 rests
+on an ad-hoc timing, README "Batching"); ``--no-loop`` skips the one-at-a-time loop (slow at large ``--n``).
 
 Both paths use :class:`safeft.eval.generation.HFGenerator` (the loop with ``batch_size=1``), so the
 only difference is batching. Generated tokens = the output re-tokenised (the outputs are checked

@@ -190,11 +190,7 @@ class EvalRunner:
             raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
         if not records:
             raise ValueError(f"prompt set {spec.label!r} ({path or spec.set}): no prompts (empty file?)")
-        limit = (
-            self.limit
-            if self.limit is not None
-            else (spec.limit if spec.limit is not None else self.suite.limit)
-        )
+        limit = self._limit(spec)
         sampled = sample_records(records, limit, self.seed)
         log.info("set %s: %d of %d prompts", spec.label, len(sampled), len(records))
         self._loaded[memo] = sampled
@@ -212,14 +208,16 @@ class EvalRunner:
             self._loaded[memo] = (records, demos)
         return self._loaded[memo]
 
+    def _limit(self, spec) -> int | None:
+        """Prompts kept from a set or task: the run's ``--limit``, else the spec's, else the suite's."""
+        if self.limit is not None:
+            return self.limit
+        return spec.limit if spec.limit is not None else self.suite.limit
+
     def _task_records(self, spec) -> tuple[list, list]:
         """The task rows a run evaluates (sampled down to the limit) and its few-shot examples."""
         records, demos = self._load_task(spec)
-        limit = (
-            self.limit
-            if self.limit is not None
-            else (spec.limit if spec.limit is not None else self.suite.limit)
-        )
+        limit = self._limit(spec)
         return sample_records(records, limit, self.seed), demos
 
     @staticmethod
@@ -243,7 +241,7 @@ class EvalRunner:
         for spec in self.suite.safety:
             records = self.load_set(spec)
             for attack in expand_attacks(spec.attacks, self.suite.attack_options):
-                if not attack.iterative and not isinstance(attack, AutoDANAttack):
+                if not attack.iterative:  # PAIR and AutoDAN are iterative
                     items.extend((attack.key, r.id, c) for r, c in self._attack_pairs(attack, records))
         for spec in self.suite.over_refusal:
             key, pairs = self._over_refusal_items(spec, self.load_set(spec))
