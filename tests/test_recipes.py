@@ -109,6 +109,23 @@ def test_the_seeds_sweeps_vanilla_baseline_has_the_selected_settings_rows():
     assert [p.name for p in config.points if p.baseline] == ["vanilla_alpaca_howto"]
 
 
+def test_the_reproduction_sweep_retrains_the_selected_setting_unchanged():
+    """sweeps/derta_smollm2_repro.yaml retrains _howto_z67 with today's refusal keying: same point, seeds,
+    base recipe, overrides, check, validation and evaluation suites as the seeds sweep, only the folder
+    differs."""
+    sweeps = RECIPES.parent / "sweeps"
+    seeds = yaml.safe_load((sweeps / "derta_smollm2_seeds.yaml").read_text())
+    repro = yaml.safe_load((sweeps / "derta_smollm2_repro.yaml").read_text())
+    selected = next(p for p in seeds["points"] if p["name"] == "t64_nt_self_alpaca_howto_z67")
+    assert repro["points"] == [selected]
+    assert repro["output_dir"] != seeds["output_dir"]
+    same = ("recipe", "overrides", "seeds", "eval", "validation_tasks", "validation_suites", "selection")
+    assert {k: repro[k] for k in same} == {k: seeds[k] for k in same}
+    from safeft.sweep import load_sweep
+
+    load_sweep(sweeps / "derta_smollm2_repro.yaml")
+
+
 @pytest.mark.parametrize(
     ("recipe_file", "point_name"),
     [
