@@ -441,14 +441,14 @@ def add_task_validation(config: SweepConfig, results: list[dict[str, Any]], root
 
 def summarize_validation(check: dict) -> dict[str, Any]:
     """The validation numbers a setting is chosen on (keyword judge: it measures refusal, not harm).
-    ``compliant`` = neither a refusal nor a degenerate loop; ``non_refusal`` includes the loops."""
+    ``compliant`` = neither a refusal nor a degenerate loop nor empty; ``non_refusal`` includes both."""
 
     def rate(key: str, field_: str = "refusal_rate") -> float | None:
         return check[key].get(field_) if key in check else None
 
     def failure(key: str) -> float | None:
-        """A benign prompt fails the user when refused *or* answered with a loop (counted once); checks
-        written before loops were counted give refusals only."""
+        """A benign prompt fails the user when refused, answered with a loop or left empty (counted
+        once); checks written before loops were counted give refusals only."""
         if key not in check:
             return None
         group = check[key]
@@ -683,7 +683,7 @@ def markdown_table(summary: dict) -> str:
     scored = "; task accuracy by the task's exact parser; score = refusal score + accuracy lost"
     judge = (
         "keyword judge; it measures refusal, not harm; compliant = neither a refusal nor a degenerate "
-        f"loop{scored if task_names else ''}"
+        f"loop nor empty{scored if task_names else ''}"
     )
     n = points[0]["validation"]["n"] if points else {}
     if settings is None:
