@@ -110,14 +110,14 @@ def test_the_seeds_sweeps_vanilla_baseline_has_the_selected_settings_rows():
 
 
 def test_the_reproduction_sweep_retrains_the_selected_setting_unchanged():
-    """sweeps/derta_smollm2_repro.yaml retrains _howto_z67 with today's refusal keying: same point, seeds,
-    base recipe, overrides, check, validation and evaluation suites as the seeds sweep, only the folder
-    differs."""
+    """sweeps/derta_smollm2_repro.yaml retrains _howto_z67 (and its vanilla baseline) with today's refusal
+    keying: same points, seeds, base recipe, overrides, check, validation and evaluation suites as the
+    seeds sweep, only the folder differs."""
     sweeps = RECIPES.parent / "sweeps"
     seeds = yaml.safe_load((sweeps / "derta_smollm2_seeds.yaml").read_text())
     repro = yaml.safe_load((sweeps / "derta_smollm2_repro.yaml").read_text())
-    selected = next(p for p in seeds["points"] if p["name"] == "t64_nt_self_alpaca_howto_z67")
-    assert repro["points"] == [selected]
+    by_name = {p["name"]: p for p in seeds["points"]}
+    assert repro["points"] == [by_name["t64_nt_self_alpaca_howto_z67"], by_name["vanilla_alpaca_howto"]]
     assert repro["output_dir"] != seeds["output_dir"]
     same = ("recipe", "overrides", "seeds", "eval", "validation_tasks", "validation_suites", "selection")
     assert {k: repro[k] for k in same} == {k: seeds[k] for k in same}
