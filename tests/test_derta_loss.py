@@ -109,3 +109,27 @@ def test_bf16_model_whose_forward_returns_fp32_outputs():
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     out.loss.backward()
     assert model.model.layers[0].self_attn.q_proj.weight.grad is not None
+
+
+def test_the_decision_term_adds_the_mean_loss_of_each_rows_first_supervised_token():
+    from safeft.derta.loss import first_supervised
+
+    model = make_tiny_model(VOCAB)
+    b = batch()
+    first = first_supervised(b["kinds"])
+    assert first.sum(dim=1).tolist() == [1, 1, 1]  # one decision per row
+    assert [int(r.nonzero()[0]) for r in first] == [3, 3, 3]  # where each row's answer starts
+    ce, _ = dense_losses(model, b)
+    for weighting in ("token_mean", "weighted"):
+        plain = derta_loss(model, b, weighting=weighting, rto_weight=0.5)
+        with_term = derta_loss(model, b, weighting=weighting, rto_weight=0.5, decision_weight=2.0)
+        expected = float(plain.loss) + 2.0 * float(ce[first].mean())
+        assert abs(float(with_term.loss) - expected) < 1e-4
+        assert (with_term.mle_tokens, with_term.rto_tokens) == (plain.mle_tokens, plain.rto_tokens)
+    # the RTO row's first position is in the decision term even where the RTO draw dropped it
+    torch.manual_seed(0)
+    dropped = derta_loss(model, b, rto_keep_ratio=1e-6, decision_weight=1.0)
+    torch.manual_seed(0)
+    baseline = derta_loss(model, b, rto_keep_ratio=1e-6)
+    assert dropped.rto_tokens == baseline.rto_tokens == 0
+    assert abs(float(dropped.loss) - float(baseline.loss) - float(ce[first].mean())) < 1e-4

@@ -27,7 +27,7 @@ EPILOG = (
 )
 
 #: sub-command modules under safeft.commands, in the order ``safeft --help`` lists them
-COMMANDS = ["train", "sweep", "direction", "safelora", "eval", "report", "judge", "demo"]
+COMMANDS = ["train", "sweep", "direction", "safelora", "eval", "probe", "report", "judge", "demo"]
 
 
 def _version() -> str:

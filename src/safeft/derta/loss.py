@@ -10,6 +10,14 @@ R (every position of a harmful answer, target = the refusal token r):
 of the batch, as the official trainers do (one ``CrossEntropyLoss`` over every labelled position of the
 batch); ``weighted`` minimises ``L_MLE + rto_weight * L_RTO`` (a safeft option, not in the paper).
 
+``decision_weight`` w (a safeft option, not in the paper; 0 = off) adds ``w L_first`` to either:
+
+    L_first = -(1/|F|) sum_{t in F} log p(y_t | x_<=t),   F = the first supervised position of each row
+
+i.e. the answer's first token (a helpful row's first word, "Sorry" for an empty-prefix refusal row and for
+an RTO row) or, after a harmful prefix, the switch to the refusal. In the token means above each such
+decision is one token among hundreds of a batch; ``L_first`` weighs the decisions as a per-row mean.
+
 ``rto_keep_ratio`` is the share of RTO positions trained per step. ``1.0`` is the paper's formula (every
 position) and what the official LoRA script does (RobustNLP/DeRTa ``run_files/run_clm_lora_derta_llama.py``
 sets the label of every answer position of a ``safe`` row to the refusal token); the official full
@@ -24,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from safeft.data.chat import KIND_MLE, KIND_RTO
+from safeft.data.chat import KIND_MLE, KIND_NONE, KIND_RTO
 from safeft.training.token_loss import token_losses
 
 
@@ -38,19 +46,27 @@ class DeRTaLoss:
     rto_tokens: int
 
 
+def first_supervised(kinds: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` bool: the first position of each row with a target (kind MLE or RTO)."""
+    supervised = kinds != KIND_NONE
+    return supervised & (supervised.int().cumsum(dim=1) == 1)
+
+
 def derta_loss(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
     rto_keep_ratio: float = 1.0,
     weighting: str = "token_mean",
     rto_weight: float = 1.0,
+    decision_weight: float = 0.0,
 ) -> DeRTaLoss:
     kinds, targets = batch["kinds"], batch["targets"]
     mle = kinds == KIND_MLE
     rto = kinds == KIND_RTO
     if rto_keep_ratio < 1.0:
         rto = rto & (torch.rand(kinds.shape, device=kinds.device) < rto_keep_ratio)
-    select = mle | rto
+    first = first_supervised(kinds) if decision_weight else torch.zeros_like(mle)
+    select = mle | rto | first  # a first position the RTO draw dropped joins L_first only
     if not bool(select.any()):
         # Nothing supervised survived the draw. Still run the forward through ``model`` (DDP expects a
         # forward + backward on every rank each step) and return a zero loss on one position.
@@ -62,16 +78,20 @@ def derta_loss(
         return DeRTaLoss(losses.sum() * 0.0, None, None, None, 0, 0)
     losses, logits = token_losses(model, batch["input_ids"], batch["attention_mask"], targets, select)
     is_rto = rto[select]
+    is_mle = mle[select]
     n_rto = int(is_rto.sum())
-    n_mle = losses.numel() - n_rto
-    mle_part = losses[~is_rto]
+    n_mle = int(is_mle.sum())
+    mle_part = losses[is_mle]
     rto_part = losses[is_rto]
     if weighting == "token_mean":
-        loss = losses.mean()
+        drawn = losses[is_mle | is_rto]
+        loss = drawn.mean() if drawn.numel() else losses.sum() * 0.0
     elif weighting == "weighted":
         loss = (mle_part.mean() if n_mle else 0.0) + (rto_weight * rto_part.mean() if n_rto else 0.0)
     else:
         raise ValueError(f"weighting must be 'token_mean' or 'weighted', got {weighting!r}")
+    if decision_weight:
+        loss = loss + decision_weight * losses[first[select]].mean()
     with torch.no_grad():
         accuracy = None
         if n_rto:

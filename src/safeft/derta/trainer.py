@@ -97,6 +97,13 @@ class DeRTaConfig(TrainConfig):
         default="token_mean", metadata={"help": "token_mean (official) | weighted (L_MLE + rto_weight L_RTO)"}
     )
     rto_weight: float = field(default=1.0, metadata={"help": "weight of L_RTO with loss_weighting weighted"})
+    decision_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "w of an added w * L_first: the mean loss of each row's first supervised token (the "
+            "answer's first token, or the switch to the refusal); 0 = off (a safeft option, not in the paper)"
+        },
+    )
     helpful_ratio: float | None = field(
         default=None, metadata={"help": "helpful rows per safety triple (None: every helpful row once)"}
     )
@@ -111,6 +118,8 @@ class DeRTaConfig(TrainConfig):
             raise ConfigError(f"rto_keep_ratio must be in (0, 1], got {self.rto_keep_ratio}")
         if not 0.0 <= self.prefix_zero_fraction <= 1.0:
             raise ConfigError(f"prefix_zero_fraction must be in [0, 1], got {self.prefix_zero_fraction}")
+        if self.decision_weight < 0:
+            raise ConfigError(f"decision_weight must be >= 0, got {self.decision_weight}")
         if self.loss_weighting not in ("token_mean", "weighted"):
             raise ConfigError(f"loss_weighting must be token_mean or weighted, got {self.loss_weighting!r}")
         if self.harmful_answers not in HARMFUL_ANSWERS:
@@ -132,7 +141,9 @@ class DeRTaTrainer(SafeFTTrainer):
 
     def compute_objective(self, model, inputs):
         cfg = self.derta_config
-        out = derta_loss(model, inputs, cfg.rto_keep_ratio, cfg.loss_weighting, cfg.rto_weight)
+        out = derta_loss(
+            model, inputs, cfg.rto_keep_ratio, cfg.loss_weighting, cfg.rto_weight, cfg.decision_weight
+        )
         return out.loss, {
             "mle_loss": out.mle_loss,
             "rto_loss": out.rto_loss,
