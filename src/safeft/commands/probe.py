@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from safeft.commands.argtypes import at_least
+
 log = logging.getLogger(__name__)
 
 
@@ -17,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "One forward pass per prompt at the answer's first position. Reports, on held-out harmful "
             "and benign prompts: how often greedy decoding starts with the refusal word; how well "
-            "log p(refusal word) separates harmful from benign (AUROC, 95%% bootstrap interval); how well "
+            "log p(refusal word) separates harmful from benign (AUROC, 95% bootstrap interval); how well "
             "a linear read-out of the hidden state (difference of class means on training prompts, layer "
             "chosen on validation) separates them; and what each score would refuse at a threshold "
             "chosen on validation. One JSON per model in --out (a model already done is skipped: rerun "
@@ -39,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0.05,
         help="the validation threshold refuses at most this share of benign validation prompts",
     )
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=at_least(1), default=16, help="prompts per forward pass")
     p.set_defaults(handler=run)
 
 
