@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -125,6 +126,8 @@ def test_the_decision_term_adds_the_mean_loss_of_each_rows_first_supervised_toke
         with_term = derta_loss(model, b, weighting=weighting, rto_weight=0.5, decision_weight=2.0)
         expected = float(plain.loss) + 2.0 * float(ce[first].mean())
         assert abs(float(with_term.loss) - expected) < 1e-4
+        assert with_term.first_loss == pytest.approx(float(ce[first].mean()), abs=1e-5)
+        assert plain.first_loss is None
         assert (with_term.mle_tokens, with_term.rto_tokens) == (plain.mle_tokens, plain.rto_tokens)
     # the RTO row's first position is in the decision term even where the RTO draw dropped it
     torch.manual_seed(0)

@@ -44,6 +44,7 @@ class DeRTaLoss:
     rto_accuracy: float | None  # share of supervised harmful positions whose argmax is the refusal token
     mle_tokens: int
     rto_tokens: int
+    first_loss: float | None = None  # L_first, with decision_weight > 0
 
 
 def first_supervised(kinds: torch.Tensor) -> torch.Tensor:
@@ -90,8 +91,11 @@ def derta_loss(
         loss = (mle_part.mean() if n_mle else 0.0) + (rto_weight * rto_part.mean() if n_rto else 0.0)
     else:
         raise ValueError(f"weighting must be 'token_mean' or 'weighted', got {weighting!r}")
+    first_loss = None
     if decision_weight:
-        loss = loss + decision_weight * losses[first[select]].mean()
+        first_part = losses[first[select]]
+        loss = loss + decision_weight * first_part.mean()
+        first_loss = float(first_part.detach().mean())
     with torch.no_grad():
         accuracy = None
         if n_rto:
@@ -103,4 +107,5 @@ def derta_loss(
         rto_accuracy=accuracy,
         mle_tokens=n_mle,
         rto_tokens=n_rto,
+        first_loss=first_loss,
     )

@@ -148,6 +148,7 @@ class DeRTaTrainer(SafeFTTrainer):
             "mle_loss": out.mle_loss,
             "rto_loss": out.rto_loss,
             "rto_accuracy": out.rto_accuracy,
+            "first_loss": out.first_loss,
         }
 
 
