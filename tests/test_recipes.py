@@ -126,6 +126,13 @@ def test_the_reproduction_sweep_retrains_the_selected_setting_unchanged():
     load_sweep(sweeps / "derta_smollm2_repro.yaml")
 
 
+def test_the_decision_recipe_is_the_selected_recipe_plus_the_decision_term():
+    z67, _ = _load("derta_smollm2_onpolicy_alpaca_howto_z67.yaml")
+    d1, _ = _load("derta_smollm2_onpolicy_alpaca_howto_z67_d1.yaml")
+    differ = sorted(k for k in set(z67) | set(d1) if z67.get(k) != d1.get(k))
+    assert differ == ["decision_weight", "output_dir"] and d1["decision_weight"] == 1.0
+
+
 def test_the_decision_sweep_is_the_selected_setting_plus_the_decision_term_only():
     sweeps = RECIPES.parent / "sweeps"
     repro = yaml.safe_load((sweeps / "derta_smollm2_repro.yaml").read_text())
