@@ -137,10 +137,12 @@ def test_the_decision_sweep_is_the_selected_setting_plus_the_decision_term_only(
     sweeps = RECIPES.parent / "sweeps"
     repro = yaml.safe_load((sweeps / "derta_smollm2_repro.yaml").read_text())
     decision = yaml.safe_load((sweeps / "derta_smollm2_decision.yaml").read_text())
-    (point,) = decision["points"]
     selected = repro["points"][0]
-    assert point["set"] == {**selected["set"], "decision_weight": 1.0}
-    assert point["name"] == selected["name"] + "_d1"
+    by_weight = {p["set"]["decision_weight"]: p for p in decision["points"]}
+    assert sorted(by_weight) == [0.3, 1.0]
+    for weight, point in by_weight.items():
+        assert point["set"] == {**selected["set"], "decision_weight": weight}
+    assert by_weight[1.0]["name"] == selected["name"] + "_d1"
     same = ("recipe", "overrides", "seeds", "eval", "validation_tasks", "validation_suites", "selection")
     assert {k: decision[k] for k in same} == {k: repro[k] for k in same}
     assert decision["output_dir"] != repro["output_dir"]
