@@ -32,6 +32,7 @@ import torch
 
 from safeft.check import normalise
 from safeft.data.sources import SourceConfig, load_prompts, load_safety_triples
+from safeft.eval.generation import Conversation, render_prompt
 from safeft.eval.metrics import rate
 
 SPLITS = ("train", "validation", "eval")
@@ -150,12 +151,7 @@ def answer_start_features(
     logps, greedy, hidden = [], [], []
     device = next(model.parameters()).device
     for start in range(0, len(prompts), batch_size):
-        texts = [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
-            )
-            for p in prompts[start : start + batch_size]
-        ]
+        texts = [render_prompt(tokenizer, Conversation.user(p)) for p in prompts[start : start + batch_size]]
         ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         width = max(len(x) for x in ids)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
