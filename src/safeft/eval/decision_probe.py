@@ -33,7 +33,7 @@ import torch
 from safeft.check import normalise
 from safeft.data.sources import SourceConfig, load_prompts, load_safety_triples
 from safeft.eval.generation import Conversation, render_prompt
-from safeft.eval.metrics import rate
+from safeft.eval.metrics import percentile_interval95, rate
 
 SPLITS = ("train", "validation", "eval")
 
@@ -123,11 +123,10 @@ def auroc_ci(
 ) -> list[float]:
     """95% percentile-bootstrap interval of :func:`auroc` (both groups resampled)."""
     rng = random.Random(seed)
-    values = sorted(
-        auroc(rng.choices(positive, k=len(positive)), rng.choices(negative, k=len(negative)))
-        for _ in range(reps)
+    pos, neg = len(positive), len(negative)
+    return percentile_interval95(
+        [auroc(rng.choices(positive, k=pos), rng.choices(negative, k=neg)) for _ in range(reps)]
     )
-    return [round(values[int(0.025 * reps)], 4), round(values[min(reps - 1, int(0.975 * reps))], 4)]
 
 
 def threshold_for(benign: Sequence[float], max_refused: float) -> float:

@@ -86,14 +86,20 @@ def count_labels(labels: Iterable[str]) -> dict[str, int]:
     return counts
 
 
+def percentile_interval95(samples: list[float]) -> list[float]:
+    """The 2.5th and 97.5th percentiles of bootstrap ``samples`` (sorted here), rounded to 4 places."""
+    ordered = sorted(samples)
+    reps = len(ordered)
+    return [round(ordered[int(0.025 * reps)], 4), round(ordered[min(reps - 1, int(0.975 * reps))], 4)]
+
+
 def bootstrap_mean_ci(values: list[float], reps: int = 2000, seed: int = 0) -> list[float]:
     """95 % percentile-bootstrap interval of the mean of ``values`` ([0, 1] bounds for n = 0)."""
     if not values:
         return [0.0, 1.0]
     rng = random.Random(seed)
     n = len(values)
-    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(reps))
-    return [round(means[int(0.025 * reps)], 4), round(means[min(reps - 1, int(0.975 * reps))], 4)]
+    return percentile_interval95([sum(rng.choices(values, k=n)) / n for _ in range(reps)])
 
 
 def asr_summary(
