@@ -10,7 +10,7 @@ prompt), one forward pass gives
 * ``h_l(x)``, the residual stream after layer ``l`` at that position, and a linear read-out of harm from
   it: the difference of class means on the *training* prompts,
   ``d_l = mean_{x in harmful_train} h_l(x) - mean_{x in benign_train} h_l(x)`` (the "refusal direction"
-  recipe of Arditi et al. 2024, arXiv 2406.11717, section 2.3), scored ``r_l(x) = <h_l(x), d_l>``.
+  recipe of Arditi et al. 2024, arXiv 2406.11717), scored ``r_l(x) = <h_l(x), d_l>``.
 
 Separability is the AUROC of harmful (positive) against benign prompts,
 ``P(score(harmful) > score(benign))`` with ties counted half (the Mann-Whitney statistic), with a 95%
