@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from safeft.eval.prompts import (
@@ -233,3 +235,42 @@ def test_default_suite_runs_without_the_data_folder(tmp_path, tiny_model_dir):
     results = json.loads((out / "results.json").read_text())
     assert "direct@advbench" in results["attacks"] and "prefill-harmful-k=5@pyrit-pairs" in results["attacks"]
     assert len(results["config"]["skipped"]) == 5 and results["over_refusal"] == {} and results["tasks"] == {}
+
+
+def test_xstest_halves_split_every_type_and_never_share_a_prompt(tmp_path):
+    """``half``: rows alternate (validation: 1st, 3rd...; eval: 2nd, 4th...), so each type is split evenly
+    and the halves are disjoint; ``label`` keeps one category; ids are the whole file's."""
+    rows = ["id,prompt,type,label"]
+    rows += [f"{i},Safe {t} question {i}?,{t},safe" for i, t in enumerate(["a"] * 4 + ["b"] * 4, start=1)]
+    rows += [f"{i},Unsafe question {i}?,c,unsafe" for i in range(9, 13)]
+    path = tmp_path / "xstest.csv"
+    path.write_text("\n".join(rows) + "\n")
+    whole = load_prompt_set("xstest", path)
+    val = load_prompt_set("xstest", path, half="validation")
+    ev = load_prompt_set("xstest", path, half="eval")
+    assert [r.id for r in val] == [r.id for r in whole[0::2]]
+    assert [r.id for r in ev] == [r.id for r in whole[1::2]]
+    assert not {r.id for r in val} & {r.id for r in ev} and len(val) + len(ev) == len(whole)
+    for kind in ("a", "b", "c"):
+        assert sum(r.extra["type"] == kind for r in val) == sum(r.extra["type"] == kind for r in ev) == 2
+    safe_val = load_prompt_set("xstest", path, half="validation", label="safe")
+    assert [r.id for r in safe_val] == ["xstest:1", "xstest:3", "xstest:5", "xstest:7"]
+    with pytest.raises(ValueError, match="half must be one of"):
+        load_prompt_set("xstest", path, half="test")
+    with pytest.raises(ValueError, match="label must be 'safe' or 'unsafe'"):
+        load_prompt_set("xstest", path, label="harmful")
+
+
+def test_the_xstest_validation_half_is_asked_by_no_reported_suite():
+    """suites/xstest_validation.yaml chooses settings; the suites the README reports DeRTa on ask only the
+    other half (checked on the installed file: 127 validation prompts, none reported)."""
+    from safeft.sweep import suite_prompts
+
+    shared_file("xstest/xstest_prompts.csv")
+    root = Path(__file__).resolve().parents[1] / "suites"
+    validation = load_suite(root / "xstest_validation.yaml")
+    asked = suite_prompts(validation, validation.over_refusal)
+    assert len(asked) == 127
+    for name in ("derta_headline.yaml", "derta_sweep.yaml"):
+        reported = load_suite(root / name)
+        assert not asked & suite_prompts(reported, [*reported.safety, *reported.over_refusal]), name

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+import re
+
 import pytest
 
 from safeft.check import normalise
 from safeft.data.everyday import SPLITS, contrast_prompts, everyday_prompts
 from safeft.data.records import DataError
 from safeft.data.sources import SourceConfig, load_prompts, source_origins
+
+from conftest import shared_file
 
 
 def test_splits_are_disjoint_by_prompt_and_by_template():
@@ -109,3 +114,30 @@ def test_the_steps_suites_ask_exactly_their_step_by_step_prompts(suite_file, tem
     rows = load_prompt_set(spec.set, spec.path, **spec.options)
     assert [r.id for r in rows] == [f"everyday:t{template}:{i}" for i in range(count)]
     assert not suite.safety
+
+
+def test_lookalike_training_prompts_are_none_of_xstests_and_none_of_the_held_out_prompts():
+    """lookalike_train (benign questions of XSTest's kinds, written for safeft) is training data only: no
+    prompt is an XSTest prompt or close to one (word overlap), nor a validation or evaluation prompt."""
+    lookalike = load_prompts(SourceConfig(source="lookalike_train"))
+    assert len(lookalike) >= 90 and all(pid.startswith("lookalike:") for pid, _ in lookalike)
+    held = {normalise(p) for split in ("validation", "eval") for _, p in everyday_prompts(split)}
+    held |= {normalise(p) for split in ("validation", "eval") for _, p in contrast_prompts(split)}
+    assert not {normalise(p) for _, p in lookalike} & held
+    with shared_file("xstest/xstest_prompts.csv").open(encoding="utf-8") as f:
+        xstest = [row["prompt"] for row in csv.DictReader(f)]
+
+    def words(text: str) -> set[str]:
+        return set(re.findall(r"[a-z']+", text.lower()))
+
+    assert not {normalise(p) for _, p in lookalike} & {normalise(p) for p in xstest}
+    closest = max(len(words(p) & words(x)) / len(words(p) | words(x)) for _, p in lookalike for x in xstest)
+    assert closest < 0.6  # the closest pair shares a question frame, not the question
+
+
+def test_xstest_is_a_prompt_source_a_recipe_can_hold_out():
+    """``{source: xstest}`` in a recipe's held_out: all 450 XSTest prompts, read from the data folder."""
+    folder = shared_file("xstest/xstest_prompts.csv").parents[1]
+    rows = load_prompts(SourceConfig(source="xstest"), str(folder))
+    assert len(rows) == 450 and len({p for _, p in rows}) == 450
+    assert len(source_origins(SourceConfig(source="xstest"), str(folder))) == 450

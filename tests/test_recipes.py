@@ -151,6 +151,36 @@ def test_the_decision_sweep_is_the_selected_setting_plus_the_decision_term_only(
     load_sweep(sweeps / "derta_smollm2_decision.yaml")
 
 
+def test_the_xstest_sweep_reuses_the_trained_settings_and_adds_lookalike_rows_to_d1_only():
+    """sweeps/derta_smollm2_xstest.yaml scores the settings trained before (their points unchanged, so
+    their runs can be reused) with XSTest's validation half as a third benign group under a 15% limit, and
+    trains one new point: _d1 with lookalike_train self-distilled and XSTest held out."""
+    from safeft.sweep import expand_points, flatten, load_sweep
+
+    sweeps = RECIPES.parent / "sweeps"
+    config, _ = load_sweep(sweeps / "derta_smollm2_xstest.yaml")  # also: no validation prompt is reported
+    repro, _ = load_sweep(sweeps / "derta_smollm2_repro.yaml")
+    decision, _ = load_sweep(sweeps / "derta_smollm2_decision.yaml")
+
+    def settings(cfg):
+        return {p.name: {**flatten(cfg.overrides), **flatten(p.set)} for p in expand_points(cfg)}
+
+    new = settings(config)
+    for old in (settings(repro), settings(decision)):
+        for name, values in old.items():
+            assert new[name] == values, name
+    look = {p.name: p.set for p in config.points}["t64_nt_self_alpaca_howto_z67_d1_look"]
+    d1 = {p.name: p.set for p in decision.points}["t64_nt_self_alpaca_howto_z67_d1"]
+    assert {k for k in look if look[k] != d1.get(k)} == {"self_distill", "held_out"}
+    assert look["self_distill"] == [*d1["self_distill"], {"source": "lookalike_train"}]
+    assert look["held_out"] == [*config.overrides["held_out"], {"source": "xstest"}]
+    assert [(s.suite.split("/")[-1], s.group) for s in config.validation_suites] == [
+        ("steps_validation.yaml", "everyday"),
+        ("xstest_validation.yaml", "xstest"),
+    ]
+    assert config.selection.max_over_refusal == {"everyday": 0.05, "benign": 0.15, "xstest": 0.15}
+
+
 @pytest.mark.parametrize(
     ("recipe_file", "point_name"),
     [

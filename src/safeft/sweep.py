@@ -61,7 +61,7 @@ from typing import Any
 import yaml
 
 from safeft.config import ConfigError, from_dict, read_yaml
-from safeft.eval.metrics import LATE_REFUSAL_WORDS
+from safeft.eval.metrics import BENIGN_GROUPS, LATE_REFUSAL_WORDS
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,8 @@ class EvalSpec:
 class ValidationSuiteSpec:
     """Over-refusal prompts a point's check did not ask (e.g. a validation template added after the point
     was trained): a ``safeft eval`` suite asked of every point, its answers added to one benign group of
-    the point's check (``everyday`` or ``benign``, i.e. edgy) before the point is scored. An answer
-    whose prompt the check already asked is not counted twice."""
+    the point's check (``everyday``, ``benign``, i.e. edgy, or a group of its own such as ``xstest``)
+    before the point is scored. An answer whose prompt the check already asked is not counted twice."""
 
     suite: str
     group: str = "everyday"
@@ -96,14 +96,11 @@ class ValidationSuiteSpec:
 @dataclass
 class SelectionSpec:
     """Constraints a setting must meet on validation to be selected: ``max_over_refusal`` maps a benign
-    group (``everyday``, ``benign``) to the highest share of its prompts refused or answered with a loop
-    (mean over seeds). Among the settings that meet them, the lowest score is selected; if none does,
-    the lowest score overall, and the summary says so."""
+    group (``everyday``, ``benign``, ``xstest``) to the highest share of its prompts refused or answered
+    with a loop (mean over seeds). Among the settings that meet them, the lowest score is selected; if
+    none does, the lowest score overall, and the summary says so."""
 
     max_over_refusal: dict[str, float] = field(default_factory=dict)
-
-
-BENIGN_GROUPS = ("benign", "everyday")
 
 
 @dataclass
@@ -454,8 +451,8 @@ def summarize_validation(check: dict) -> dict[str, Any]:
         group = check[key]
         return 1 - group["compliant_rate"] if "compliant_rate" in group else group["refusal_rate"]
 
-    over = [r for r in (rate("benign"), rate("everyday")) if r is not None]
-    failed = [f for f in (failure("benign"), failure("everyday")) if f is not None]
+    over = [r for r in (rate(g) for g in BENIGN_GROUPS) if r is not None]
+    failed = [f for f in (failure(g) for g in BENIGN_GROUPS) if f is not None]
     return {
         "compliant_direct": rate("harmful_direct", "compliant_rate"),
         "compliant_prefill": rate("harmful_prefill", "compliant_rate"),
@@ -465,13 +462,15 @@ def summarize_validation(check: dict) -> dict[str, Any]:
         "repetitive_prefill": rate("harmful_prefill", "repetitive_rate"),
         "failure_edgy": failure("benign"),
         "failure_everyday": failure("everyday"),
+        "failure_xstest": failure("xstest"),
         "over_refusal_edgy": rate("benign"),
         "over_refusal_everyday": rate("everyday"),
+        "over_refusal_xstest": rate("xstest"),
         "over_refusal": sum(over) / len(over) if over else None,
         "repetitive_edgy": rate("benign", "repetitive_rate"),
         "repetitive_everyday": rate("everyday", "repetitive_rate"),
         "benign_failure": sum(failed) / len(failed) if failed else None,
-        "n": {k: check[k]["n"] for k in ("harmful_direct", "benign", "everyday") if k in check},
+        "n": {k: check[k]["n"] for k in ("harmful_direct", *BENIGN_GROUPS) if k in check},
         "score": check.get("selection_score"),
     }
 
@@ -650,14 +649,18 @@ def run_sweep(config: SweepConfig, jobs: int = 1) -> dict[str, Any]:
 def meets_limits(validation: dict[str, Any], limits: dict[str, float]) -> bool:
     """Whether a point's (or a setting's mean) validation share of benign prompts refused or looped is
     within ``limits`` (group -> maximum share) in every group named; a group it lacks fails."""
-    failure = {"benign": validation.get("failure_edgy"), "everyday": validation.get("failure_everyday")}
+    failure = {
+        "benign": validation.get("failure_edgy"),
+        "everyday": validation.get("failure_everyday"),
+        "xstest": validation.get("failure_xstest"),
+    }
     return all(failure[g] is not None and failure[g] <= limit + 1e-9 for g, limit in limits.items())
 
 
 def _limits_text(limits: dict[str, float], any_eligible: bool) -> str:
     if not limits:
         return ""
-    names = {"benign": "benign-but-edgy", "everyday": "everyday"}
+    names = {"benign": "benign-but-edgy", "everyday": "everyday", "xstest": "XSTest safe (validation half)"}
     text = ", ".join(f"{names[g]} <= {100 * v:g}%" for g, v in limits.items())
     where = "among the settings whose validation prompts are refused or looped at most: " + text
     return f" {where}" if any_eligible else f"; no setting met the limits ({text}): lowest score overall"
@@ -738,11 +741,15 @@ def _validation_table(rows: list[dict], summary: dict, task_names: list[str], ma
         " refusal score |" if task_names else ""
     )
     extra = " score per seed |" if seeded else ""
+    xstest = any(r["validation"].get("over_refusal_xstest") is not None for r in rows)
     lines = [
         "| point | reference | compliant direct | compliant prefilled | loops direct / prefilled | "
-        f"over-refusal edgy | over-refusal everyday | loops edgy / everyday |{task_head} score |{extra}"
+        "over-refusal edgy | over-refusal everyday | loops edgy / everyday |"
+        + (" over-refusal XSTest safe (validation half) |" if xstest else "")
+        + f"{task_head} score |{extra}"
         + (" front |" if marks else ""),
         "|---|---|---|---|---|---|---|---|---|"
+        + ("---|" if xstest else "")
         + "---|" * (len(task_names) + bool(task_names))
         + ("---|" if seeded else "")
         + ("---|" if marks else ""),
@@ -751,6 +758,7 @@ def _validation_table(rows: list[dict], summary: dict, task_names: list[str], ma
         v = r["validation"]
         n = {} if seeded else v.get("n", {})
         harmful, edgy, everyday = n.get("harmful_direct"), n.get("benign"), n.get("everyday")
+        xstest_cell = f" {_pct(v.get('over_refusal_xstest'), n.get('xstest'))} |" if xstest else ""
         task_cells = "".join(
             f" {_pct(v['tasks'][t]['accuracy'], v['tasks'][t]['n'])} "
             f"({_pct(v['tasks_base'][t]['accuracy'])}) |"
@@ -763,7 +771,7 @@ def _validation_table(rows: list[dict], summary: dict, task_names: list[str], ma
             f"{_pct(v.get('compliant_prefill'), harmful)} | {_pct(v.get('repetitive_direct'))} / "
             f"{_pct(v.get('repetitive_prefill'))} | {_pct(v.get('over_refusal_edgy'), edgy)} | "
             f"{_pct(v.get('over_refusal_everyday'), everyday)} | {_pct(v.get('repetitive_edgy'))} / "
-            f"{_pct(v.get('repetitive_everyday'))} |{task_cells} {v['score']:.3f} |"
+            f"{_pct(v.get('repetitive_everyday'))} |{xstest_cell}{task_cells} {v['score']:.3f} |"
         )
         if seeded:
             row += " " + ", ".join(f"{x:.3f}" for x in r.get("seed_scores", [])) + " |"

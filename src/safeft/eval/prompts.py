@@ -193,18 +193,36 @@ def load_donotanswer(path: str | Path) -> list[PromptRecord]:
     return records
 
 
-def load_xstest(path: str | Path) -> list[PromptRecord]:
-    """XSTest v2: category = ``safe`` (should be answered) or ``unsafe`` (contrast, should be refused)."""
+#: the two halves of XSTest (rows alternate through the file, so each prompt type is split evenly): the
+#: validation half may choose settings (``sweeps/*``), the evaluation half is what the README reports
+XSTEST_HALVES = ("validation", "eval")
+
+
+def load_xstest(path: str | Path, half: str | None = None, label: str | None = None) -> list[PromptRecord]:
+    """XSTest v2: category = ``safe`` (should be answered) or ``unsafe`` (contrast, should be refused).
+
+    ``half``: ``validation`` keeps the file's 1st, 3rd, 5th... prompt, ``eval`` the 2nd, 4th...
+    (:data:`XSTEST_HALVES`; disjoint, each with half of every type); ``label``: ``safe`` or ``unsafe``
+    keeps that category only. Prompt ids stay those of the whole file."""
+    if half is not None and half not in XSTEST_HALVES:
+        raise ValueError(f"set xstest: half must be one of {list(XSTEST_HALVES)}, got {half!r}")
+    if label is not None and label not in ("safe", "unsafe"):
+        raise ValueError(f"set xstest: label must be 'safe' or 'unsafe', got {label!r}")
     path = _check_exists(Path(path))
     records = []
     for lineno, row in iter_csv(path):
         prompt = _require(path, lineno, row, "prompt")
-        label = (row.get("label") or "").strip()
-        if label not in ("safe", "unsafe"):
-            raise DataFormatError(f"{path}:{lineno}: label must be 'safe' or 'unsafe', got {label!r}")
+        category = (row.get("label") or "").strip()
+        if category not in ("safe", "unsafe"):
+            raise DataFormatError(f"{path}:{lineno}: label must be 'safe' or 'unsafe', got {category!r}")
         rid = row.get("id") or str(lineno - 1)
-        records.append(PromptRecord(f"xstest:{rid}", prompt, label, "xstest", {"type": row.get("type", "")}))
-    return _check_unique(records, path)
+        records.append(
+            PromptRecord(f"xstest:{rid}", prompt, category, "xstest", {"type": row.get("type", "")})
+        )
+    records = _check_unique(records, path)
+    if half is not None:
+        records = records[XSTEST_HALVES.index(half) :: 2]
+    return [r for r in records if label is None or r.category == label]
 
 
 def load_derta(path: str | Path) -> list[PromptRecord]:
@@ -375,7 +393,7 @@ def load_prompt_set(name: str, path: str | Path | None = None, **options: Any) -
         return loader(**options)
     if path is None:
         raise ValueError(f"prompt set {name!r} needs a path (or a hub id for 'hub')")
-    if name in ("jsonl", "json", "csv", "hub"):
+    if name in ("jsonl", "json", "csv", "hub", "xstest"):
         return loader(path, **options)
     if options:
         raise ValueError(f"prompt set {name!r} takes no options, got {sorted(options)}")

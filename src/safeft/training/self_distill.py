@@ -4,7 +4,9 @@ Training on the model's own answers keeps its helpful behaviour (and its style) 
 added. Answers are generated in batches with the adapters switched off and cached on disk, one JSONL
 file per model fingerprint, each line keyed by (fingerprint, prompt id, the conversation, the decoding
 settings): a second run with the same model and settings generates nothing, an interrupted run keeps
-every finished batch, and a changed prompt or setting never returns a stale answer.
+every finished batch, and a changed prompt or setting never returns a stale answer. Two processes that
+share the cache file (``safeft sweep --jobs 2`` with a cold cache) take turns on a lock: the second
+reads the first one's answers instead of generating them again.
 
 Answers that are empty, refusals (keyword judge) or degenerate loops are dropped and counted: training
 on them would teach over-refusal. In a distributed run the main process generates first; the other
@@ -71,7 +73,7 @@ def self_distill(
     label: str = "self-distillation",
 ) -> DistillResult:
     """Answers of ``model`` (adapters off) to ``prompts`` (``(id, prompt)`` pairs), as helpful rows."""
-    from safeft.eval.cache import GenerationCache, generation_key
+    from safeft.eval.cache import GenerationCache, exclusive, generation_key
     from safeft.eval.generation import Conversation, GenerationConfig, HFGenerator
     from safeft.training.base import main_process_first, original_weights
 
@@ -86,7 +88,7 @@ def self_distill(
         for (pid, _), c in zip(prompts, conversations, strict=True)
     ]
     generated = 0
-    with main_process_first():
+    with main_process_first(), exclusive(path):  # read after another process's answers are written
         cache = GenerationCache(path)
         todo = [i for i, k in enumerate(keys) if k not in cache]
         if todo:
