@@ -73,6 +73,32 @@ def test_eval_bare_prompts_file_writes_results_and_resumes(tiny_model_dir, promp
     assert json.loads((out / "results.json").read_text())["attacks"] == results["attacks"]
 
 
+def test_a_bare_prompts_file_of_benign_prompts_is_measured_as_over_refusal(
+    tiny_model_dir, prompts_file, tmp_path
+):
+    """``--prompts-kind benign``: the file's prompts are asked directly and reported as the share refused
+    (over-refusal), not as attack success; attacks on benign prompts are refused as a usage error."""
+    from safeft.config import ConfigError
+
+    out = tmp_path / "benign"
+    argv = [
+        "eval",
+        "--model",
+        str(tiny_model_dir),
+        "--prompts",
+        str(prompts_file),
+        "--prompts-kind",
+        "benign",
+    ]
+    assert main([*argv, "--max-new-tokens", "4", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["attacks"] == {} and list(results["over_refusal"]) == [prompts_file.stem]
+    harmful = prompts_suite(str(prompts_file))
+    assert [s.path for s in harmful.safety] == [str(prompts_file.resolve())] and not harmful.over_refusal
+    with pytest.raises(ConfigError, match="--attacks applies to harmful prompts"):
+        prompts_suite(str(prompts_file), attacks=["completion"], kind="benign")
+
+
 class Interrupting:
     """Wraps a generator; raises KeyboardInterrupt after ``stop_after`` batches; counts prompts."""
 

@@ -71,6 +71,12 @@ def register(subparsers: Any) -> None:
     src.add_argument("--prompts", help="a bare .jsonl/.json/.csv file of prompts (id optional)")
     p.add_argument("--prompt-field", default="prompt", help="field holding the prompt (--prompts)")
     p.add_argument(
+        "--prompts-kind",
+        choices=("harmful", "benign"),
+        default="harmful",
+        help="--prompts are harmful (attack success: share answered) or benign (over-refusal: share refused)",
+    )
+    p.add_argument(
         "--attacks",
         help="comma-separated attacks (overrides the suite's; default direct), from: "
         + ", ".join(ATTACK_NAMES),
@@ -182,7 +188,7 @@ def build_suite(args: argparse.Namespace):
             for spec in suite.safety:
                 spec.attacks = list(attacks)
     else:
-        suite = prompts_suite(args.prompts, args.prompt_field, attacks)
+        suite = prompts_suite(args.prompts, args.prompt_field, attacks, args.prompts_kind)
     gen = suite.generation
     if args.max_new_tokens is not None:
         gen.max_new_tokens = args.max_new_tokens

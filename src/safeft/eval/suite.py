@@ -153,19 +153,27 @@ def load_suite(path: str | Path, data_dir: str | None = None) -> EvalSuite:
     return suite
 
 
-def prompts_suite(path: str, prompt_field: str = "prompt", attacks: list[str] | None = None) -> EvalSuite:
-    """The one-set suite behind ``--prompts FILE``: a bare JSONL/JSON/CSV file of prompts."""
+def prompts_suite(
+    path: str, prompt_field: str = "prompt", attacks: list[str] | None = None, kind: str = "harmful"
+) -> EvalSuite:
+    """The one-set suite behind ``--prompts FILE``: a bare JSONL/JSON/CSV file of prompts. ``kind``
+    ``harmful`` asks them under ``attacks`` and reports the share answered (attack success);
+    ``benign`` asks them directly and reports the share refused (over-refusal)."""
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix not in ("jsonl", "json", "csv"):
         raise ConfigError(f"--prompts {path}: expected a .jsonl, .json or .csv file")
+    if kind not in ("harmful", "benign"):
+        raise ConfigError(f"--prompts-kind must be 'harmful' or 'benign', got {kind!r}")
+    if kind == "benign" and attacks:
+        raise ConfigError(
+            "--attacks applies to harmful prompts; benign prompts (--prompts-kind benign) are asked directly"
+        )
     options = {"prompt_field": prompt_field}
+    spec = SetSpec(set=suffix, path=str(Path(path).resolve()), attacks=attacks or ["direct"], options=options)
     suite = EvalSuite(
         name=f"prompts:{Path(path).name}",
-        safety=[
-            SetSpec(
-                set=suffix, path=str(Path(path).resolve()), attacks=attacks or ["direct"], options=options
-            )
-        ],
+        safety=[spec] if kind == "harmful" else [],
+        over_refusal=[spec] if kind == "benign" else [],
     )
     suite.validate()
     return suite
