@@ -108,7 +108,9 @@ for n in "${NAMES[@]}"; do
     *) CHAT+=("$n") ;;
   esac
 done
-$PY -m safeft.asft.summary "$OUT" "${CHAT[@]}"
+if [[ " ${NAMES[*]} " == *" plain_lora "* ]]; then  # an official-only call has no chat-layout baseline
+  $PY -m safeft.asft.summary "$OUT" "${CHAT[@]}"
+fi
 if [[ " ${NAMES[*]} " == *" plain_lora_official "* ]]; then
   $PY -m safeft.asft.summary "$OUT" aligned plain_lora_official "${OFFICIAL[@]}" --stem summary_official
 fi
