@@ -131,6 +131,9 @@ def test_the_decision_recipe_is_the_selected_recipe_plus_the_decision_term():
     d1, _ = _load("derta_smollm2_onpolicy_alpaca_howto_z67_d1.yaml")
     differ = sorted(k for k in set(z67) | set(d1) if z67.get(k) != d1.get(k))
     assert differ == ["decision_weight", "output_dir"] and d1["decision_weight"] == 1.0
+    d03, _ = _load("derta_smollm2_onpolicy_alpaca_howto_z67_d03.yaml")
+    differ = sorted(k for k in set(z67) | set(d03) if z67.get(k) != d03.get(k))
+    assert differ == ["decision_weight", "output_dir"] and d03["decision_weight"] == 0.3
 
 
 def test_the_decision_sweep_is_the_selected_setting_plus_the_decision_term_only():
