@@ -189,7 +189,7 @@ def test_derta_ddp_two_ranks_end_to_end(tmp_path, talking_model_dir):
     trained = assert_same_trained_weights(report)
 
     run = tmp_path / "run"
-    cache = [w for w in reports[0]["writes"] if "/self_distill/" in w]
+    cache = [w for w in reports[0]["writes"] if "/self_distill/" in w and w.endswith(".jsonl")]  # not .lock
     assert cache and not [w for w in reports[1]["writes"] if "/self_distill/" in w]  # rank 0 generates
     assert len(Path(cache[0]).read_text().splitlines()) == 3
     split = json.loads((run / "split.json").read_text())

@@ -35,7 +35,11 @@ def exclusive(path: str | Path) -> Iterator[None]:
         return
     lock = Path(f"{path}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as fh:
+    try:  # flock needs no write access: only the first process creates the file (a reader writes nothing)
+        fh = open(lock)  # noqa: SIM115 - closed by the with below
+    except FileNotFoundError:
+        fh = open(lock, "a")  # noqa: SIM115
+    with fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield
