@@ -489,3 +489,38 @@ def test_validation_suites_and_limits_are_checked_when_the_sweep_loads(tmp_path,
     sweep.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match=message):
         load_sweep(sweep)
+
+
+def test_an_evaluation_made_with_another_version_of_the_suite_is_not_reported(tmp_path, caplog):
+    """A point evaluated before its suite changed (e.g. all of XSTest, before the suite took its evaluation
+    half) is not shown under today's columns: ``point_evaluation`` compares the sets, options, tasks and
+    limit the evaluation recorded with the suite as it is now."""
+    import dataclasses
+
+    from safeft.eval.suite import load_suite
+    from safeft.sweep import EvalSpec, point_evaluation
+
+    (tmp_path / "benign.jsonl").write_text(json.dumps({"id": "1", "prompt": "Name a color."}) + "\n")
+    suite_file = tmp_path / "suite.yaml"
+    suite = {"name": "s", "over_refusal": [{"set": "jsonl", "path": "benign.jsonl", "options": {}}]}
+    suite_file.write_text(yaml.safe_dump(suite))
+    loaded = load_suite(suite_file)
+    config = {
+        "sets": [],
+        "over_refusal_sets": [dataclasses.asdict(s) for s in loaded.over_refusal],
+        "tasks": [],
+        "attack_options": loaded.attack_options,
+        "limit": 50,
+    }
+    over = {"benign": {"benign": {"refusal_rate": 0.5, "ci95": [0.1, 0.9], "n": 2}}}
+    folder = tmp_path / "point"
+    (folder / "eval").mkdir(parents=True)
+    (folder / "eval" / "results.json").write_text(json.dumps({"config": config, "over_refusal": over}))
+    spec = EvalSpec(suite=str(suite_file), limit=50)
+    assert point_evaluation(folder, spec)["over_refusal"]["benign/benign"]["rate"] == 0.5
+    assert point_evaluation(folder, EvalSpec(suite=str(suite_file), limit=20)) is None  # another limit
+    suite["over_refusal"][0]["options"] = {"prompt_field": "text"}  # the suite changed since
+    suite_file.write_text(yaml.safe_dump(suite))
+    assert point_evaluation(folder, spec) is None
+    assert "evaluated with another version" in caplog.text and "over_refusal_sets" in caplog.text
+    assert point_evaluation(tmp_path / "never_evaluated", spec) is None

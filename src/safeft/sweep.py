@@ -475,6 +475,42 @@ def summarize_validation(check: dict) -> dict[str, Any]:
     }
 
 
+def point_evaluation(folder: Path, spec: EvalSpec) -> dict[str, Any] | None:
+    """The point's evaluation summary from ``<folder>/eval/results.json``, if that evaluation asked what the
+    sweep's ``eval`` suite asks today (its sets with their options, over-refusal sets, tasks, attack options
+    and limit); otherwise None, logged: a point evaluated under an older version of the suite (e.g. all
+    of XSTest before the suite took its evaluation half) must not be reported under today's columns.
+    Delete ``<folder>/eval/results.json`` to re-evaluate it (its generation cache is kept)."""
+    import dataclasses
+
+    from safeft.eval.suite import load_suite
+
+    path = folder / "eval" / "results.json"
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    suite = load_suite(spec.suite)
+    today = {
+        "sets": [dataclasses.asdict(s) for s in suite.safety],
+        "over_refusal_sets": [dataclasses.asdict(s) for s in suite.over_refusal],
+        "tasks": [dataclasses.asdict(t) for t in suite.tasks],
+        "attack_options": suite.attack_options,
+        "limit": spec.limit if spec.limit is not None else suite.limit,
+    }
+    made = {key: results.get("config", {}).get(key) for key in today}
+    if json.loads(json.dumps(made)) != json.loads(json.dumps(today)):
+        changed = [key for key in today if json.dumps(made[key]) != json.dumps(today[key])]
+        log.warning(
+            "sweep: %s was evaluated with another version of %s (%s differ): not reported; delete it to "
+            "re-evaluate",
+            path,
+            spec.suite,
+            ", ".join(changed),
+        )
+        return None
+    return summarize_eval(results)
+
+
 def summarize_eval(results: dict) -> dict[str, Any]:
     """Per-attack non-refusal (keyword) or harm rate, over-refusal per set/category, task accuracy."""
     attacks = {
@@ -602,9 +638,8 @@ def run_sweep(config: SweepConfig, jobs: int = 1) -> dict[str, Any]:
             results = list(pool.map(lambda p: run_point(config, p, root), points))
     for r, p in zip(results, points, strict=True):  # always the current summaries, also for old points
         r["validation"] = point_validation(root / r["name"], config.validation_suites)
-        evaluated = root / r["name"] / "eval" / "results.json"
-        if config.eval is not None and evaluated.is_file():
-            r["evaluation"] = summarize_eval(json.loads(evaluated.read_text()))
+        if config.eval is not None:
+            r["evaluation"] = point_evaluation(root / r["name"], config.eval)
         if p.group is not None:
             r["group"] = p.group
     add_task_validation(config, results, root)
