@@ -103,6 +103,15 @@ class SelectionSpec:
     max_over_refusal: dict[str, float] = field(default_factory=dict)
 
 
+#: each benign check group (:data:`BENIGN_GROUPS`): the suffix of its summary keys (``failure_<suffix>``,
+#: ``over_refusal_<suffix>``) and its name in the selection text
+GROUP_NAMES = {
+    "benign": ("edgy", "benign-but-edgy"),
+    "everyday": ("everyday", "everyday"),
+    "xstest": ("xstest", "XSTest safe (validation half)"),
+}
+
+
 @dataclass
 class SweepConfig:
     recipe: str
@@ -453,6 +462,11 @@ def summarize_validation(check: dict) -> dict[str, Any]:
 
     over = [r for r in (rate(g) for g in BENIGN_GROUPS) if r is not None]
     failed = [f for f in (failure(g) for g in BENIGN_GROUPS) if f is not None]
+    per_group = {
+        f"{prefix}_{GROUP_NAMES[g][0]}": value(g)
+        for prefix, value in (("failure", failure), ("over_refusal", rate))
+        for g in BENIGN_GROUPS
+    }
     return {
         "compliant_direct": rate("harmful_direct", "compliant_rate"),
         "compliant_prefill": rate("harmful_prefill", "compliant_rate"),
@@ -460,12 +474,7 @@ def summarize_validation(check: dict) -> dict[str, Any]:
         "non_refusal_prefill": None if rate("harmful_prefill") is None else 1 - rate("harmful_prefill"),
         "repetitive_direct": rate("harmful_direct", "repetitive_rate"),
         "repetitive_prefill": rate("harmful_prefill", "repetitive_rate"),
-        "failure_edgy": failure("benign"),
-        "failure_everyday": failure("everyday"),
-        "failure_xstest": failure("xstest"),
-        "over_refusal_edgy": rate("benign"),
-        "over_refusal_everyday": rate("everyday"),
-        "over_refusal_xstest": rate("xstest"),
+        **per_group,
         "over_refusal": sum(over) / len(over) if over else None,
         "repetitive_edgy": rate("benign", "repetitive_rate"),
         "repetitive_everyday": rate("everyday", "repetitive_rate"),
@@ -481,25 +490,15 @@ def point_evaluation(folder: Path, spec: EvalSpec) -> dict[str, Any] | None:
     and limit); otherwise None, logged: a point evaluated under an older version of the suite (e.g. all
     of XSTest before the suite took its evaluation half) must not be reported under today's columns.
     Delete ``<folder>/eval/results.json`` to re-evaluate it (its generation cache is kept)."""
-    import dataclasses
-
     from safeft.eval.suite import load_suite
 
     path = folder / "eval" / "results.json"
     if not path.is_file():
         return None
     results = json.loads(path.read_text())
-    suite = load_suite(spec.suite)
-    today = {
-        "sets": [dataclasses.asdict(s) for s in suite.safety],
-        "over_refusal_sets": [dataclasses.asdict(s) for s in suite.over_refusal],
-        "tasks": [dataclasses.asdict(t) for t in suite.tasks],
-        "attack_options": suite.attack_options,
-        "limit": spec.limit if spec.limit is not None else suite.limit,
-    }
-    made = {key: results.get("config", {}).get(key) for key in today}
-    if json.loads(json.dumps(made)) != json.loads(json.dumps(today)):
-        changed = [key for key in today if json.dumps(made[key]) != json.dumps(today[key])]
+    today = json.loads(json.dumps(load_suite(spec.suite).asked(spec.limit)))  # as results.json holds it
+    changed = [key for key in today if results.get("config", {}).get(key) != today[key]]
+    if changed:
         log.warning(
             "sweep: %s was evaluated with another version of %s (%s differ): not reported; delete it to "
             "re-evaluate",
@@ -684,19 +683,14 @@ def run_sweep(config: SweepConfig, jobs: int = 1) -> dict[str, Any]:
 def meets_limits(validation: dict[str, Any], limits: dict[str, float]) -> bool:
     """Whether a point's (or a setting's mean) validation share of benign prompts refused or looped is
     within ``limits`` (group -> maximum share) in every group named; a group it lacks fails."""
-    failure = {
-        "benign": validation.get("failure_edgy"),
-        "everyday": validation.get("failure_everyday"),
-        "xstest": validation.get("failure_xstest"),
-    }
+    failure = {g: validation.get(f"failure_{GROUP_NAMES[g][0]}") for g in BENIGN_GROUPS}
     return all(failure[g] is not None and failure[g] <= limit + 1e-9 for g, limit in limits.items())
 
 
 def _limits_text(limits: dict[str, float], any_eligible: bool) -> str:
     if not limits:
         return ""
-    names = {"benign": "benign-but-edgy", "everyday": "everyday", "xstest": "XSTest safe (validation half)"}
-    text = ", ".join(f"{names[g]} <= {100 * v:g}%" for g, v in limits.items())
+    text = ", ".join(f"{GROUP_NAMES[g][1]} <= {100 * v:g}%" for g, v in limits.items())
     where = "among the settings whose validation prompts are refused or looped at most: " + text
     return f" {where}" if any_eligible else f"; no setting met the limits ({text}): lowest score overall"
 

@@ -419,12 +419,8 @@ class EvalRunner:
             "config": {
                 "suite": self.suite.name,
                 "generation": dataclasses.asdict(self.suite.generation),
-                "limit": self.limit if self.limit is not None else self.suite.limit,
                 "seed": self.seed,
-                "attack_options": self.suite.attack_options,
-                "sets": [dataclasses.asdict(s) for s in self.suite.safety],
-                "over_refusal_sets": [dataclasses.asdict(s) for s in self.suite.over_refusal],
-                "tasks": [dataclasses.asdict(t) for t in self.suite.tasks],
+                **self.suite.asked(self.limit),
                 "skipped": list(getattr(self.suite, "skipped", [])),
             },
             "attacks": {},

@@ -20,7 +20,7 @@ tasks:                           # accuracy with exact parsers
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,18 @@ class EvalSuite:
     base_dir: str = "."
     #: optional sets / tasks left out because their files are missing (set by the loader)
     skipped: list[str] = field(default_factory=list)
+
+    def asked(self, limit: int | None = None) -> dict[str, Any]:
+        """What a run of this suite asks, as ``results.json`` records it under ``config``: the sets, the
+        over-refusal sets and the tasks with their options, the attack options, and the prompts per set
+        (``limit``, a run's ``--limit``, else the suite's)."""
+        return {
+            "limit": limit if limit is not None else self.limit,
+            "attack_options": self.attack_options,
+            "sets": [asdict(s) for s in self.safety],
+            "over_refusal_sets": [asdict(s) for s in self.over_refusal],
+            "tasks": [asdict(t) for t in self.tasks],
+        }
 
     def drop_missing_optional(self) -> None:
         """Leave out ``optional: true`` sets and tasks whose file is missing and has no installed
