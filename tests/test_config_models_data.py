@@ -221,3 +221,17 @@ def test_offset_skips_rows_after_the_adapter_drops_its_own_and_before_limit_coun
 def test_a_bad_offset_names_the_source_and_what_is_expected(bad):
     with pytest.raises(DataError, match=r"'pyrit_many_shot': offset must be an integer >= 0"):
         SourceConfig(source="pyrit_many_shot", offset=bad)
+
+
+def test_sst2_train_keeps_the_sentiment_rows_in_the_tasks_wording_and_no_test_sentence():
+    from safeft.eval.tasks import TASKS
+
+    path = shared_file("asft_pku/ft_datasets__SST2_dataset__dataset__SST2_1k_p_0.1.json")
+    pairs = load_helpful_pairs(SourceConfig(source="sst2_train"), str(path.parents[1]))
+    assert len(pairs) == 900  # the file's 1,000 rows less its 100 harmful ones
+    assert {p.response for p in pairs} == {"positive", "negative"}
+    head = TASKS["sst2"].instruction.split("{text}")[0]
+    assert all(p.prompt.startswith(head) for p in pairs)
+    test_file = shared_file("asft_pku/evaluation__utility_evaluation__SST2__SST2_test.jsonl")
+    asked = {TASKS["sst2"].instruction.format(text=json.loads(line)["input"].strip()) for line in test_file.open()}
+    assert len(asked) > 800 and not asked & {p.prompt for p in pairs}

