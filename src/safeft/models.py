@@ -355,15 +355,30 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_d
 def model_fingerprint(
     name: str | Path, adapter: str | Path | None = None, revision: str | None = None
 ) -> str:
-    """A short, stable id of a model (+ adapter, + hub revision) used to key caches of generations."""
+    """A short, stable id of a model (+ adapter, + hub revision) used to key caches of generations.
+
+    Embedded and hub models are named by :meth:`ModelSource.describe`. Local weights (a directory or a
+    ``.gguf`` file) and adapters are identified by their weight files (name, size, modification time in
+    ns) and adapter config, never by the path that reaches them: a run folder reached through a link, or
+    moved, keeps its cached generations, and two folders trained side by side (same sizes) differ by
+    their write times. A folder with no weight file falls back to its real path."""
     source = resolve_model(name, revision)
-    parts = [source.describe()]
-    for base in [Path(source.path)] + ([Path(adapter)] if adapter else []):
-        if base.is_dir():
-            for f in sorted(base.glob("*.safetensors")) + sorted(base.glob("*.gguf")):
-                stat = f.stat()
-                parts.append(f"{f.name}:{stat.st_size}:{int(stat.st_mtime)}")
-            cfg = base / "adapter_config.json"
-            if cfg.is_file():
-                parts.append(json.dumps(json.loads(cfg.read_text()), sort_keys=True))
+    local = source.kind in ("directory", "gguf")
+    parts = [f"{source.kind}:{source.gguf_file or ''}" if local else source.describe()]
+    for base, folder in [(True, Path(source.path))] + ([(False, Path(adapter))] if adapter else []):
+        if not folder.is_dir():
+            continue
+        weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.gguf"))
+        if source.kind == "gguf" and base:
+            weights = [folder / str(source.gguf_file)]
+        for f in weights:
+            stat = f.stat()
+            # the embedded file keeps whole seconds, as before, so its existing caches stay valid
+            stamp = int(stat.st_mtime) if base and source.kind == "embedded" else stat.st_mtime_ns
+            parts.append(f"{f.name}:{stat.st_size}:{stamp}")
+        if not weights and (local or not base):
+            parts.append(str(folder.resolve()))
+        cfg = folder / "adapter_config.json"
+        if cfg.is_file():
+            parts.append(json.dumps(json.loads(cfg.read_text()), sort_keys=True))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]

@@ -300,7 +300,7 @@ def iter_source_rows(
     """Yield ``(origin, row, field_map)`` for a source, after the adapter's own transform."""
     adapter = ADAPTERS.get(cfg.source)
     if adapter is None and cfg.source != "file":
-        valid = sorted([*ADAPTERS, *BUILTIN_PROMPTS, *HALVES])
+        valid = sorted([*ADAPTERS, *BUILTIN_PROMPTS, *HALVES, *XSTEST_SAFE_HALVES])
         raise DataError(f"unknown data source {cfg.source!r}; valid: file, {', '.join(valid)}")
     fields = {**(adapter.fields if adapter else {}), **cfg.fields}
     if cfg.path and cfg.path.startswith("hf:"):
@@ -420,6 +420,11 @@ HALVES: dict[str, tuple[str, int]] = {
 }
 
 
+#: the safe prompts of one half of XSTest, exactly those of the prompt set ``xstest`` with ``half`` and
+#: ``label: safe`` (the same reader; ids ``xstest:<id>``), e.g. for the training check's ``xstest`` group
+XSTEST_SAFE_HALVES: dict[str, str] = {"xstest_safe_validation": "validation", "xstest_safe_eval": "eval"}
+
+
 def _half(rows: list, cfg: SourceConfig) -> list:
     """The rows of ``cfg``'s half (:data:`HALVES`) of its base source's rows, then its offset and limit."""
     return _window(rows[HALVES[cfg.source][1] :: 2], cfg)
@@ -440,6 +445,12 @@ def load_prompts(cfg: SourceConfig, data_dir: str | None = None) -> list[tuple[s
             SourceConfig(source=base, fields=cfg.fields, on_bad_row=cfg.on_bad_row), data_dir
         )
         return _half(whole, cfg)
+    if cfg.source in XSTEST_SAFE_HALVES and not cfg.path:
+        from safeft.eval.prompts import load_xstest
+
+        (path,) = adapter_files("xstest", ADAPTERS["xstest"], data_dir)
+        records = load_xstest(path, half=XSTEST_SAFE_HALVES[cfg.source], label="safe")
+        return _window([(r.id, r.prompt) for r in records], cfg)
 
     def make(origin: str, row: dict, fields: dict) -> tuple[str, str]:
         id_field = fields.get("id")
@@ -458,4 +469,8 @@ def source_origins(cfg: SourceConfig, data_dir: str | None = None) -> set[str]:
     if cfg.source in HALVES and not cfg.path:
         base = HALVES[cfg.source][0]
         return set(_half([o for o, _, _ in iter_source_rows(SourceConfig(source=base), data_dir)], cfg))
+    if cfg.source in XSTEST_SAFE_HALVES and not cfg.path:
+        asked = {prompt for _, prompt in load_prompts(cfg, data_dir)}
+        rows = iter_source_rows(SourceConfig(source="xstest"), data_dir)
+        return {origin for origin, row, _ in rows if row.get("prompt") in asked}
     return {origin for origin, _, _ in iter_source_rows(cfg, data_dir)}
