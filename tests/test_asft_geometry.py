@@ -161,3 +161,26 @@ def test_projector_none_is_the_l2_penalty_on_the_update(saved):
     geo = update_geometry(root / "adapter", root / "direction")
     l2 = AsFTPenalty(model, direction, variant="none", check_weights=False)
     assert float(l2().detach()) == pytest.approx(geo.total, rel=1e-4)
+
+
+def test_split_adapter_cuts_an_update_into_the_part_in_span_u_and_the_rest(saved, tmp_path):
+    from safeft.asft.adapter import LoraAdapter
+    from safeft.asft.geometry import split_adapter
+
+    root, _ = saved
+    inside, outside = split_adapter(root / "adapter", root / "direction", tmp_path / "in", tmp_path / "out")
+    whole, part_in, part_out = (LoraAdapter(p) for p in (root / "adapter", inside, outside))
+    for module in whole.modules:
+        A, B, s = whole.factors(module)
+        A_in, B_in, s_in = part_in.factors(module)
+        A_out, B_out, _ = part_out.factors(module)
+        assert torch.equal(A, A_in) and torch.equal(A, A_out) and s_in == s
+        assert torch.allclose(B_in + B_out, B, atol=1e-6)  # the parts add up to the update
+    geo_in = update_geometry(inside, root / "direction").shares()
+    geo_out = update_geometry(outside, root / "direction").shares()
+    assert geo_in["left"] == pytest.approx(1.0, abs=1e-5)  # all of it in span(U_k): the svd penalty is 0
+    assert geo_out["left"] == pytest.approx(0.0, abs=1e-5)  # none of it
+    geo = update_geometry(root / "adapter", root / "direction")
+    total_in = update_geometry(inside, root / "direction").total
+    assert total_in == pytest.approx(geo.left, rel=1e-4)  # inside's norm is the whole update's left part
+    assert (tmp_path / "in" / "adapter_config.json").is_file()

@@ -13,6 +13,11 @@ penalty itself. ``block`` is the part inside both of V's singular subspaces (col
 ``along`` the part along V_k itself (its sign is the anti-direction term's). So an AsFT run whose update
 is mostly ``left`` but little ``block`` uses the alignment's output directions with input directions of
 its own: the one-sided projector does not pin those.
+
+:func:`split_adapter` cuts a saved update in two adapters that add up to it, ``inside`` = U_k U_k^T dW and
+``outside`` = (I - U_k U_k^T) dW (lora_B replaced by U_k U_k^T B and B - U_k U_k^T B: still rank r, no
+d x d matrix). Evaluating the aligned model with each part alone tells which part moved its behaviour:
+the part the svd penalty leaves free, or the part it charges.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from safeft.asft.adapter import LoraAdapter
@@ -85,3 +91,31 @@ def update_geometry(adapter: str | Path | LoraAdapter, direction: str | Path | D
         values = layer_geometry(A, B, scale, layer.U, layer.W, layer.S[: layer.k])
         sums = [a + b for a, b in zip(sums, values, strict=True)]
     return UpdateGeometry(len(covered), *sums)
+
+
+def split_adapter(
+    adapter: str | Path | LoraAdapter,
+    direction: str | Path | Direction,
+    inside: str | Path,
+    outside: str | Path,
+) -> tuple[Path, Path]:
+    """Write the two parts of a saved LoRA update (see the module docstring): ``inside`` (its part in
+    span(U_k) of every layer the direction covers) and ``outside`` (the rest, including whole any LoRA
+    layer the direction does not cover). Their lora_B add up to the adapter's; lora_A is shared."""
+    lora = adapter if isinstance(adapter, LoraAdapter) else LoraAdapter(adapter)
+    dirn = direction if isinstance(direction, Direction) else Direction.load(direction)
+    covered = [m for m in lora.modules if m in dirn.layers]
+    if not covered:
+        raise DirectionError(f"{lora.path}: none of its LoRA layers is in the direction")
+    tensors = lora.all_tensors()
+    parts: tuple[dict[str, Tensor], dict[str, Tensor]] = (dict(tensors), dict(tensors))
+    for module in covered:
+        key = lora.modules[module].b_key
+        B = tensors[key]
+        U = dirn.layers[module].U.to(torch.float64)
+        if U.shape[0] != B.shape[0]:
+            raise DirectionError(f"{module}: direction rows {U.shape[0]} != lora_B rows {B.shape[0]}")
+        kept = U @ (U.T @ B.to(torch.float64))
+        parts[0][key] = kept.to(B.dtype)
+        parts[1][key] = (B.to(torch.float64) - kept).to(B.dtype)
+    return lora.save_copy(inside, parts[0]), lora.save_copy(outside, parts[1])
