@@ -184,6 +184,35 @@ def test_the_xstest_sweep_reuses_the_trained_settings_and_adds_lookalike_rows_to
     assert config.selection.max_over_refusal == {"everyday": 0.05, "benign": 0.15, "xstest": 0.15}
 
 
+def test_the_sst2_sweep_reuses_the_xstest_sweeps_settings_and_adds_sentiment_rows_to_d03():
+    """sweeps/derta_smollm2_sst2.yaml (session 20) scores the xstest sweep's settings unchanged (their runs
+    are linked, not retrained) under the same rule, and trains `_d03` + 100 self-distilled sst2_train
+    prompts, and that point + lookalike_train with XSTest held out."""
+    from safeft.sweep import expand_points, flatten, load_sweep
+
+    sweeps = RECIPES.parent / "sweeps"
+    config, _ = load_sweep(sweeps / "derta_smollm2_sst2.yaml")
+    xstest, _ = load_sweep(sweeps / "derta_smollm2_xstest.yaml")
+
+    def settings(cfg):
+        return {p.name: {**flatten(cfg.overrides), **flatten(p.set)} for p in expand_points(cfg)}
+
+    new = settings(config)
+    for name, values in settings(xstest).items():
+        assert new[name] == values, name
+    points = {p.name: p.set for p in config.points}
+    d03 = points["t64_nt_self_alpaca_howto_z67_d03"]
+    sst2 = points["t64_nt_self_alpaca_howto_z67_d03_sst2"]
+    look = points["t64_nt_self_alpaca_howto_z67_d03_sst2_look"]
+    assert {k for k in sst2 if sst2[k] != d03.get(k)} == {"self_distill"}
+    assert sst2["self_distill"] == [*d03["self_distill"], {"source": "sst2_train", "limit": 100}]
+    assert {k for k in look if look[k] != sst2.get(k)} == {"self_distill", "held_out"}
+    assert look["self_distill"] == [*sst2["self_distill"], {"source": "lookalike_train"}]
+    assert look["held_out"] == [*config.overrides["held_out"], {"source": "xstest"}]
+    assert config.validation_suites == xstest.validation_suites and config.selection == xstest.selection
+    assert config.output_dir != xstest.output_dir
+
+
 @pytest.mark.parametrize(
     ("recipe_file", "point_name"),
     [
