@@ -1,6 +1,6 @@
 """The validation check of a training run: refusal rates on held-apart *validation* prompts.
 
-Four groups, keyword judge (it measures refusal, not harm):
+Four groups (five with ``xstest``), keyword judge (it measures refusal, not harm):
 
 * ``harmful_direct`` / ``harmful_prefill``: ``n`` harmful prompts asked directly and with the first
   ``prefill_tokens`` tokens of a known harmful answer pre-filled (the attack DeRTa is built to resist);

@@ -65,7 +65,8 @@ class AlignBudget:
     # share of MLE safety rows with no harmful prefix (plain refusals; the trainer's default) and w L_first
     # (safeft.derta.loss; 0 = off), for DeRTa and vanilla alike. The sweep's selection (session 19, `_d03`:
     # 2/3 and 0.3, at 64 triples) made the demo's 16-triple DeRTa loop ("...SorrySorrySorry") on 10-17 of
-    # 24 harmful prompts per cell with either share (session 20, README "The demo"), so both stay off here
+    # 24 harmful prompts per cell with either share (session 20, README "The demo"): the term stays off and
+    # the share at the trainer's default here
     prefix_zero_fraction: float = 1 / 3
     decision_weight: float = 0.0
     save_steps: int = 20
