@@ -368,9 +368,10 @@ def model_fingerprint(
     for base, folder in [(True, Path(source.path))] + ([(False, Path(adapter))] if adapter else []):
         if not folder.is_dir():
             continue
-        weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.gguf"))
-        if source.kind == "gguf" and base:
-            weights = [folder / str(source.gguf_file)]
+        if base and source.kind == "gguf":
+            weights = [folder / str(source.gguf_file)]  # that file, not its neighbours
+        else:
+            weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.gguf"))
         for f in weights:
             stat = f.stat()
             # the embedded file keeps whole seconds, as before, so its existing caches stay valid
