@@ -212,6 +212,32 @@ def test_the_sst2_sweep_reuses_the_xstest_sweeps_settings_and_adds_sentiment_row
     assert config.validation_suites == xstest.validation_suites and config.selection == xstest.selection
     assert config.output_dir != xstest.output_dir
 
+def test_the_vanilla_decision_sweep_adds_the_term_to_vanilla_as_a_control_only():
+    """sweeps/derta_smollm2_vanilla_decision.yaml (session 21) scores the xstest sweep's settings unchanged
+    (linked runs) and trains one control: vanilla safety SFT's rows with `_d03`'s decision weight, a
+    baseline (never selected)."""
+    from safeft.sweep import expand_points, flatten, load_sweep
+
+    sweeps = RECIPES.parent / "sweeps"
+    config, _ = load_sweep(sweeps / "derta_smollm2_vanilla_decision.yaml")
+    xstest, _ = load_sweep(sweeps / "derta_smollm2_xstest.yaml")
+
+    def settings(cfg):
+        return {p.name: {**flatten(cfg.overrides), **flatten(p.set)} for p in expand_points(cfg)}
+
+    old, new = settings(xstest), settings(config)
+    assert set(new) - set(old) == {"vanilla_alpaca_howto_d03_seed2", "vanilla_alpaca_howto_d03_seed3"}
+    for name in set(new) & set(old):
+        assert new[name] == old[name], name
+    points = {p.name: p for p in config.points}
+    control, vanilla = points["vanilla_alpaca_howto_d03"], points["vanilla_alpaca_howto"]
+    d03 = points["t64_nt_self_alpaca_howto_z67_d03"]
+    assert control.baseline and vanilla.baseline and not d03.baseline
+    assert {k for k in control.set if control.set[k] != vanilla.set.get(k)} == {"decision_weight"}
+    assert control.set["decision_weight"] == d03.set["decision_weight"] == 0.3
+    assert config.validation_suites == xstest.validation_suites and config.selection == xstest.selection
+    assert config.eval == xstest.eval and config.output_dir != xstest.output_dir
+
 
 @pytest.mark.parametrize(
     ("recipe_file", "point_name"),
