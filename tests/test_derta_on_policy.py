@@ -112,3 +112,38 @@ def test_vanilla_safety_sft_generates_no_harmful_answer(tmp_path, tiny_model_dir
     stats = json.loads((tmp_path / "run" / "data_stats.json").read_text())
     assert stats["harmful_answers"]["model_answers"] == 0 and "rto" not in stats["rows"]
     assert not (cache / "self_distill").exists()  # nothing was generated
+
+
+PROMPT_ONLY = [SafetyTriple(f"question {i}?", "", f"Sorry {i}.", f"dna:{i}") for i in range(3)]
+
+
+def test_prompt_only_triples_take_the_models_answer_or_are_dropped():
+    answers = {"dna:0": "model answer zero", "f:1": "model answer one"}
+    out, stats = with_model_answers([*TRIPLES, *PROMPT_ONLY], answers, "self", Counter({"refusal": 2}))
+    assert [t.origin for t in out] == ["f:0", "f:1 (model's answer)", "f:2", "dna:0 (model's answer)"]
+    assert all(t.harmful_response for t in out)
+    assert stats.as_dict() == {
+        "mode": "self",
+        "model_answers": 2,
+        "dataset_answers": 2,
+        "dropped_model_answers": {"refusal": 2, "no answer, prompt only": 2},
+    }
+    both, stats = with_model_answers([*TRIPLES, *PROMPT_ONLY], answers, "both")
+    assert len(both) == 3 + 2 and all(t.harmful_response for t in both)  # no empty dataset copy
+    assert (stats.model_answers, stats.dataset_answers) == (2, 3)
+
+
+def test_a_prompt_only_source_needs_the_models_answers(tmp_path, tiny_model_dir, capsys):
+    """harmful_answers: dataset on a source without harmful answers is refused before any training."""
+    prompts = tmp_path / "questions.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"placeholder question {i}?"}) + "\n" for i in range(4)))
+    recipe = tiny_recipe(
+        tmp_path,
+        tiny_model_dir,
+        safety=[{"path": str(prompts), "fields": {"prompt": "prompt", "harmful_response": ""}}],
+        check={"enabled": False},
+    )
+    assert main(["train", "--config", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "questions.jsonl" in err and "needs harmful_answers: self" in err
+    assert not (tmp_path / "run" / "adapter").exists()

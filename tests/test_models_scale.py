@@ -36,7 +36,7 @@ def _train(tmp_path: Path, model_dir: Path, **overrides):
     config = from_dict(DeRTaConfig, data)
     model, tokenizer = load_for_training(config)
     examples, _ = build_derta_examples(load_safety_data(config), [], ChatFormat(tokenizer), seed=config.seed)
-    trainer = run_trainer(config, DeRTaTrainer, model, tokenizer, examples, derta_config=config)
+    trainer = run_trainer(config, DeRTaTrainer, model, tokenizer, examples)
     return config, trainer
 
 

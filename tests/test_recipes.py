@@ -212,6 +212,7 @@ def test_the_sst2_sweep_reuses_the_xstest_sweeps_settings_and_adds_sentiment_row
     assert config.validation_suites == xstest.validation_suites and config.selection == xstest.selection
     assert config.output_dir != xstest.output_dir
 
+
 def test_the_vanilla_decision_sweep_adds_the_term_to_vanilla_as_a_control_only():
     """sweeps/derta_smollm2_vanilla_decision.yaml (session 21) scores the xstest sweep's settings unchanged
     (linked runs) and trains one control: vanilla safety SFT's rows with `_d03`'s decision weight, a
@@ -341,3 +342,39 @@ def test_the_seed_rounds_recipes_are_their_sweep_points(recipe_file, point_name)
     differ = sorted(k for k in set(trained) | set(recipe) if trained.get(k) != recipe.get(k))
     assert differ == ["check", "output_dir"]
     assert recipe["check"] == {**base["check"], "n": 150}
+
+
+def test_the_questions_sweep_changes_only_the_safety_rows_of_d03():
+    """sweeps/derta_smollm2_questions.yaml (session 21): the settings of the xstest and vanilla-decision
+    sweeps unchanged (linked runs), and `_d03` with Do-Not-Answer questions in place of half its PyRIT
+    triples (`_dna`) or beside them at the same helpful rows (`_dna_add`: 128 triples, ratio 5)."""
+    from safeft.sweep import expand_points, flatten, load_sweep
+
+    sweeps = RECIPES.parent / "sweeps"
+    config, _ = load_sweep(sweeps / "derta_smollm2_questions.yaml")
+    control, _ = load_sweep(sweeps / "derta_smollm2_vanilla_decision.yaml")
+
+    def settings(cfg):
+        return {p.name: {**flatten(cfg.overrides), **flatten(p.set)} for p in expand_points(cfg)}
+
+    old, new = settings(control), settings(config)
+    assert set(old) < set(new)
+    for name in old:
+        assert new[name] == old[name], name
+    points = {p.name: p.set for p in config.points}
+    d03 = points["t64_nt_self_alpaca_howto_z67_d03"]
+    dna = points["t64_nt_self_alpaca_howto_z67_d03_dna"]
+    add = points["t128_nt_self_alpaca_howto_z67_d03_dna_add"]
+    assert {k for k in dna if dna[k] != d03.get(k)} == {"safety"}
+    assert dna["safety"] == [
+        {"source": "pyrit_many_shot", "limit": 32},
+        {"source": "donotanswer_malicious", "sample": 32},
+    ]
+    assert {k for k in add if add[k] != d03.get(k)} == {"safety", "helpful_ratio"}
+    assert add["helpful_ratio"] * 128 == 10.0 * 64  # the recipe's ratio 10 at 64 triples: same helpful rows
+    assert add["safety"] == [
+        {"source": "pyrit_many_shot", "limit": 64},
+        {"source": "donotanswer_malicious", "sample": 64},
+    ]
+    assert config.validation_suites == control.validation_suites and config.selection == control.selection
+    assert config.eval == control.eval and config.output_dir != control.output_dir

@@ -218,7 +218,7 @@ def test_one_training_step_uses_the_trainer_optimizer(tmp_path, tiny_model_dir):
     config = load_recipe(DeRTaConfig, recipe)
     model, tokenizer = load_for_training(config)
     examples, _ = build_derta_examples(load_safety_data(config), [], ChatFormat(tokenizer), seed=config.seed)
-    trainer = run_trainer(config, DeRTaTrainer, model, tokenizer, examples, derta_config=config)
+    trainer = run_trainer(config, DeRTaTrainer, model, tokenizer, examples)
     optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
     assert trainer.state.global_step == 1 and type(optimizer).__name__ == "Adafactor"
     saved = yaml.safe_load((Path(config.output_dir) / "recipe.yaml").read_text())

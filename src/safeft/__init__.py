@@ -6,7 +6,8 @@ The Python API (imported lazily, so ``import safeft`` stays fast)::
     results = safeft.evaluate("smollm2-135m-instruct", prompts="prompts.jsonl", attacks=["direct"])
     safeft.train_derta(safeft.DeRTaConfig(output_dir="runs/derta"))
 
-* methods: :class:`DeRTaConfig`, :class:`DeRTaTrainer`, :func:`train_derta`; :class:`AsFTConfig`,
+* methods: :class:`DeRTaConfig` (a recipe), :class:`DeRTaArguments` (``TrainingArguments`` + the loss
+  settings), :class:`DeRTaTrainer`, :func:`train_derta`; :class:`AsFTConfig`, :class:`AsFTArguments`,
   :class:`AsFTTrainer`, :func:`train_asft`; :class:`TrainConfig`, :func:`load_recipe`;
 * evaluation: :func:`evaluate` (returns the ``results.json`` dictionary);
 * models: :func:`load_model_and_tokenizer`.
@@ -22,9 +23,11 @@ __version__ = "0.1.0"
 #: public name -> module it lives in
 _EXPORTS = {
     "DeRTaConfig": "safeft.derta.trainer",
+    "DeRTaArguments": "safeft.derta.arguments",
     "DeRTaTrainer": "safeft.derta.trainer",
     "train_derta": "safeft.derta.trainer",
     "AsFTConfig": "safeft.asft.trainer",
+    "AsFTArguments": "safeft.asft.arguments",
     "AsFTTrainer": "safeft.asft.trainer",
     "train_asft": "safeft.asft.trainer",
     "TrainConfig": "safeft.training.base",

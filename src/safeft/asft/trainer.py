@@ -32,9 +32,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
+from transformers import TrainingArguments
 
+from safeft.asft.arguments import AsFTArguments, AsFTObjectiveSettings
 from safeft.asft.direction import Direction
 from safeft.asft.penalty import AsFTPenalty
 from safeft.asft.projectors import VARIANTS
@@ -63,8 +66,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class AsFTConfig(TrainConfig):
-    """AsFT recipe. Defaults follow the paper: lambda 1, LoRA r 8 / alpha 32 on q_proj and v_proj."""
+class AsFTConfig(AsFTObjectiveSettings, TrainConfig):
+    """AsFT recipe. Defaults follow the paper: lambda 1, LoRA r 8 / alpha 32 on q_proj and v_proj. The
+    objective's settings (``AsFTObjectiveSettings``) reach the trainer as :class:`AsFTArguments`."""
+
+    arguments_class: ClassVar[type[TrainingArguments]] = AsFTArguments
 
     output_dir: str = field(default="runs/asft", metadata={"help": "run folder (see common fields)"})
     train_data: list[SourceConfig] = field(
@@ -72,9 +78,6 @@ class AsFTConfig(TrainConfig):
     )
     direction: str | None = field(
         default=None, metadata={"help": "folder written by `safeft direction` (None: no penalty)"}
-    )
-    penalty_lambda: float = field(
-        default=1.0, metadata={"help": "weight of the AsFT penalty (0: plain LoRA)"}
     )
     projector: str = field(
         default="svd",
@@ -91,15 +94,9 @@ class AsFTConfig(TrainConfig):
     check_direction: bool = field(
         default=True, metadata={"help": "refuse a direction built for other weights"}
     )
-    anti_direction_lambda: float = field(
-        default=0.0, metadata={"help": "weight of sum_l relu(-<dW, V_k>/||V_k||)^2 (0: plain AsFT)"}
-    )
     two_sided: bool = field(
         default=False,
         metadata={"help": "svd only: penalise dW - U_k U_k^T dW W_k W_k^T (false: AsFT's (I - C) dW)"},
-    )
-    lr_step_gamma: float = field(
-        default=0.85, metadata={"help": "lr_scheduler_type step: lr *= gamma after each epoch"}
     )
     template: str = field(default="chat", metadata={"help": "chat | alpaca (see safeft.asft.task_data)"})
     harmful_rows: str = field(
@@ -121,23 +118,22 @@ class AsFTConfig(TrainConfig):
         metadata={"help": "refusal rates before/after training on validation prompts (see check.*)"},
     )
 
+    def method_arguments(self) -> dict[str, object]:
+        return {**self.objective_settings(), "step_lr": self.lr_scheduler_type == "step"}
+
     def hf_lr_scheduler_type(self) -> str:
         # "step" is built by AsFTTrainer.create_scheduler; transformers only needs a valid name
         return "constant" if self.lr_scheduler_type == "step" else self.lr_scheduler_type
 
     def validate(self) -> None:
         super().validate()
-        if self.anti_direction_lambda < 0:
-            raise ConfigError(f"anti_direction_lambda must be >= 0, got {self.anti_direction_lambda}")
+        self.validate_objective(step_lr=self.lr_scheduler_type == "step")
         if self.anti_direction_lambda > 0 and not self.direction:
             raise ConfigError(
                 "anti_direction_lambda > 0 needs a direction (make one with `safeft direction`)"
             )
-        if self.lr_scheduler_type == "step":
-            if not 0 < self.lr_step_gamma <= 1:
-                raise ConfigError(f"lr_step_gamma must be in (0, 1], got {self.lr_step_gamma}")
-            if self.warmup_ratio:
-                raise ConfigError("lr_scheduler_type step (StepLR) has no warmup: set warmup_ratio: 0")
+        if self.lr_scheduler_type == "step" and self.warmup_ratio:
+            raise ConfigError("lr_scheduler_type step (StepLR) has no warmup: set warmup_ratio: 0")
         if self.template not in TEMPLATES:
             raise ConfigError(f"template must be one of {TEMPLATES}, got {self.template!r}")
         if self.harmful_rows not in HARMFUL_RULES:
@@ -149,8 +145,6 @@ class AsFTConfig(TrainConfig):
             )
         if self.max_rows is not None and self.max_rows < 1:
             raise ConfigError(f"max_rows must be >= 1, got {self.max_rows}")
-        if self.penalty_lambda < 0:
-            raise ConfigError(f"penalty_lambda must be >= 0 (0 = plain LoRA), got {self.penalty_lambda}")
         if self.projector not in VARIANTS:
             raise ConfigError(f"projector must be one of {VARIANTS}, got {self.projector!r}")
         if self.rank is not None and self.rank < 1:
@@ -169,17 +163,22 @@ class AsFTConfig(TrainConfig):
 
 
 class AsFTTrainer(SafeFTTrainer):
-    """Task cross-entropy plus ``penalty_lambda`` times the AsFT penalty (if a penalty is bound)."""
+    """Task cross-entropy plus ``args.penalty_lambda`` times the AsFT penalty (if a penalty is bound),
+    with the settings of its ``args`` (:class:`AsFTArguments`)."""
 
-    def __init__(self, *args, asft_config: AsFTConfig, penalty: AsFTPenalty | None, **kwargs) -> None:
+    def __init__(self, *args, penalty: AsFTPenalty | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.asft_config = asft_config
+        if not isinstance(self.args, AsFTArguments):
+            raise TypeError(
+                f"AsFTTrainer needs args=AsFTArguments(...) (safeft.asft.arguments), "
+                f"got {type(self.args).__name__}"
+            )
         self.penalty = penalty
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        """StepLR for ``lr_scheduler_type: step`` (module docstring); otherwise transformers' own."""
-        cfg = self.asft_config
-        if cfg.lr_scheduler_type != "step":
+        """StepLR with ``args.step_lr`` (module docstring); otherwise transformers' own."""
+        cfg: AsFTArguments = self.args
+        if not cfg.step_lr:
             return super().create_scheduler(num_training_steps, optimizer)
         if self.lr_scheduler is None:
             batches = math.ceil(
@@ -200,7 +199,7 @@ class AsFTTrainer(SafeFTTrainer):
         )
         task_loss = losses.mean()
         metrics: dict[str, float | torch.Tensor | None] = {"task_loss": task_loss.detach()}
-        lam, anti_lam = self.asft_config.penalty_lambda, self.asft_config.anti_direction_lambda
+        lam, anti_lam = self.args.penalty_lambda, self.args.anti_direction_lambda
         if self.penalty is None:
             return task_loss, metrics
         loss = task_loss
@@ -306,7 +305,6 @@ def train_asft(config: AsFTConfig) -> dict:
         tokenizer,
         examples,
         {normalise(r.user_turn("chat")) for r in rows},
-        asft_config=config,
         penalty=penalty,
     )
     return {"before": before, "after": after, "n_examples": len(examples)}

