@@ -206,6 +206,25 @@ def test_a_run_saved_before_trainer_existed_still_resumes(tmp_path):
         check_output_dir(config)
 
 
+def test_a_run_saved_before_a_source_option_existed_still_resumes(tmp_path):
+    """A source option added later (``sample``, session 21) is absent from older recipe.yaml files: unset,
+    it changes nothing; set, the recipe differs."""
+    from safeft.data.sources import SourceConfig
+
+    config = DeRTaConfig(
+        output_dir=str(tmp_path / "run"), safety=[SourceConfig(source="pyrit_many_shot", limit=8)]
+    )
+    Path(config.output_dir).mkdir()
+    saved = yaml.safe_load(yaml.safe_dump(to_dict(config)))
+    for source in saved["safety"]:
+        del source["sample"]
+    (Path(config.output_dir) / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    check_output_dir(config)
+    config.safety[0].sample = 4
+    with pytest.raises(ConfigError, match="fields that differ: safety"):
+        check_output_dir(config)
+
+
 def test_one_training_step_uses_the_trainer_optimizer(tmp_path, tiny_model_dir):
     from safeft.data.chat import ChatFormat
     from safeft.derta.features import build_derta_examples

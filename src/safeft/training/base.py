@@ -628,6 +628,20 @@ RESUMABLE_FIELDS = frozenset(
 )
 
 
+def _without_unset_new_keys(current: Any, saved: Any) -> Any:
+    """``current`` without the nested keys that ``saved`` lacks while they are unset (None): a source
+    option added after a run was saved (e.g. ``sample``) does not make its recipe differ."""
+    if isinstance(current, dict) and isinstance(saved, dict):
+        return {
+            k: _without_unset_new_keys(v, saved.get(k))
+            for k, v in current.items()
+            if k in saved or v is not None
+        }
+    if isinstance(current, list) and isinstance(saved, list) and len(current) == len(saved):
+        return [_without_unset_new_keys(c, s) for c, s in zip(current, saved, strict=True)]
+    return current
+
+
 def check_output_dir(config: TrainConfig) -> None:
     """Refuse to start in an ``output_dir`` whose ``recipe.yaml`` differs from ``config`` (another
     recipe or other data would silently resume or mix with the old run), unless ``overwrite: true``
@@ -648,7 +662,8 @@ def check_output_dir(config: TrainConfig) -> None:
     differ = sorted(
         k
         for k in set(saved) | set(current)
-        if k not in RESUMABLE_FIELDS and saved.get(k, default.get(k)) != current.get(k)
+        if k not in RESUMABLE_FIELDS
+        and saved.get(k, default.get(k)) != _without_unset_new_keys(current.get(k), saved.get(k))
     )
     if not differ:
         return
