@@ -104,3 +104,13 @@ def _private_cache_dir(tmp_path_factory):
     mp.setenv("SAFEFT_CACHE_DIR", str(tmp_path_factory.mktemp("safeft_cache")))
     yield
     mp.undo()
+
+
+@pytest.fixture
+def restore_environ():
+    """TrainingArguments sets process environment variables for FSDP; put the environment back."""
+    saved = dict(os.environ)
+    yield
+    for key in set(os.environ) - set(saved):
+        del os.environ[key]
+    os.environ.update(saved)

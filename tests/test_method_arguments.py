@@ -4,8 +4,6 @@ enough to run ``DeRTaTrainer`` from a user's own script without a recipe."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from transformers import HfArgumentParser, TrainingArguments
 
@@ -18,15 +16,7 @@ from safeft.training.base import training_arguments
 
 from derta_tiny import tiny_recipe
 
-
-@pytest.fixture(autouse=True)
-def restore_environ():
-    """TrainingArguments may set process environment variables; put the environment back."""
-    saved = dict(os.environ)
-    yield
-    for key in set(os.environ) - set(saved):
-        del os.environ[key]
-    os.environ.update(saved)
+pytestmark = pytest.mark.usefixtures("restore_environ")
 
 
 def test_the_method_arguments_are_training_arguments_parsed_from_the_command_line(tmp_path):
@@ -147,3 +137,15 @@ def test_derta_trainer_runs_from_a_script_without_a_recipe(tmp_path, tiny_model_
     logged = [e for e in trainer.state.log_history if "loss" in e]
     assert trainer.state.global_step == 2 and len(logged) == 2
     assert all("first_loss" in e for e in logged)  # decision_weight > 0 came from args
+
+
+def test_recipes_still_take_dict_trainer_settings_after_a_script_parsed_training_arguments():
+    """HfArgumentParser rewrites TrainingArguments' Field.type in place (``dict | str`` -> ``str``); the
+    recipe's trainer: check reads the declared annotations, so a later recipe in the process is unaffected."""
+    from safeft.training.base import trainer_extras
+
+    HfArgumentParser(DeRTaArguments)
+    HfArgumentParser(TrainingArguments)
+    extras = trainer_extras({"fsdp_config": {"transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}})
+    assert extras == {"fsdp_config": {"transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}}
+    assert trainer_extras({"torch_compile": "true"}) == {"torch_compile": True}

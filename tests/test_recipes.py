@@ -18,6 +18,13 @@ from conftest import shared_file
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
+def _point_settings(cfg) -> dict:
+    """Each run of a sweep (point x seed) -> its settings (overrides, then the point's own)."""
+    from safeft.sweep import expand_points, flatten
+
+    return {p.name: {**flatten(cfg.overrides), **flatten(p.set)} for p in expand_points(cfg)}
+
+
 def _load(name: str) -> tuple[dict, DeRTaConfig]:
     data = yaml.safe_load((RECIPES / name).read_text())
     fields = {k: v for k, v in data.items() if k != "method"}
@@ -158,18 +165,15 @@ def test_the_xstest_sweep_reuses_the_trained_settings_and_adds_lookalike_rows_to
     """sweeps/derta_smollm2_xstest.yaml scores the settings trained before (their points unchanged, so
     their runs can be reused) with XSTest's validation half as a third benign group under a 15% limit, and
     trains one new point: _d1 with lookalike_train self-distilled and XSTest held out."""
-    from safeft.sweep import expand_points, flatten, load_sweep
+    from safeft.sweep import load_sweep
 
     sweeps = RECIPES.parent / "sweeps"
     config, _ = load_sweep(sweeps / "derta_smollm2_xstest.yaml")  # also: no validation prompt is reported
     repro, _ = load_sweep(sweeps / "derta_smollm2_repro.yaml")
     decision, _ = load_sweep(sweeps / "derta_smollm2_decision.yaml")
 
-    def settings(cfg):
-        return {p.name: {**flatten(cfg.overrides), **flatten(p.set)} for p in expand_points(cfg)}
-
-    new = settings(config)
-    for old in (settings(repro), settings(decision)):
+    new = _point_settings(config)
+    for old in (_point_settings(repro), _point_settings(decision)):
         for name, values in old.items():
             assert new[name] == values, name
     look = {p.name: p.set for p in config.points}["t64_nt_self_alpaca_howto_z67_d1_look"]
@@ -188,17 +192,14 @@ def test_the_sst2_sweep_reuses_the_xstest_sweeps_settings_and_adds_sentiment_row
     """sweeps/derta_smollm2_sst2.yaml (session 20) scores the xstest sweep's settings unchanged (their runs
     are linked, not retrained) under the same rule, and trains `_d03` + 100 self-distilled sst2_train
     prompts, and that point + lookalike_train with XSTest held out."""
-    from safeft.sweep import expand_points, flatten, load_sweep
+    from safeft.sweep import load_sweep
 
     sweeps = RECIPES.parent / "sweeps"
     config, _ = load_sweep(sweeps / "derta_smollm2_sst2.yaml")
     xstest, _ = load_sweep(sweeps / "derta_smollm2_xstest.yaml")
 
-    def settings(cfg):
-        return {p.name: {**flatten(cfg.overrides), **flatten(p.set)} for p in expand_points(cfg)}
-
-    new = settings(config)
-    for name, values in settings(xstest).items():
+    new = _point_settings(config)
+    for name, values in _point_settings(xstest).items():
         assert new[name] == values, name
     points = {p.name: p.set for p in config.points}
     d03 = points["t64_nt_self_alpaca_howto_z67_d03"]
@@ -217,16 +218,13 @@ def test_the_vanilla_decision_sweep_adds_the_term_to_vanilla_as_a_control_only()
     """sweeps/derta_smollm2_vanilla_decision.yaml (session 21) scores the xstest sweep's settings unchanged
     (linked runs) and trains one control: vanilla safety SFT's rows with `_d03`'s decision weight, a
     baseline (never selected)."""
-    from safeft.sweep import expand_points, flatten, load_sweep
+    from safeft.sweep import load_sweep
 
     sweeps = RECIPES.parent / "sweeps"
     config, _ = load_sweep(sweeps / "derta_smollm2_vanilla_decision.yaml")
     xstest, _ = load_sweep(sweeps / "derta_smollm2_xstest.yaml")
 
-    def settings(cfg):
-        return {p.name: {**flatten(cfg.overrides), **flatten(p.set)} for p in expand_points(cfg)}
-
-    old, new = settings(xstest), settings(config)
+    old, new = _point_settings(xstest), _point_settings(config)
     assert set(new) - set(old) == {"vanilla_alpaca_howto_d03_seed2", "vanilla_alpaca_howto_d03_seed3"}
     for name in set(new) & set(old):
         assert new[name] == old[name], name
@@ -348,16 +346,13 @@ def test_the_questions_sweep_changes_only_the_safety_rows_of_d03():
     """sweeps/derta_smollm2_questions.yaml (session 21): the settings of the xstest and vanilla-decision
     sweeps unchanged (linked runs), and `_d03` with Do-Not-Answer questions in place of half its PyRIT
     triples (`_dna`) or beside them at the same helpful rows (`_dna_add`: 128 triples, ratio 5)."""
-    from safeft.sweep import expand_points, flatten, load_sweep
+    from safeft.sweep import load_sweep
 
     sweeps = RECIPES.parent / "sweeps"
     config, _ = load_sweep(sweeps / "derta_smollm2_questions.yaml")
     control, _ = load_sweep(sweeps / "derta_smollm2_vanilla_decision.yaml")
 
-    def settings(cfg):
-        return {p.name: {**flatten(cfg.overrides), **flatten(p.set)} for p in expand_points(cfg)}
-
-    old, new = settings(control), settings(config)
+    old, new = _point_settings(control), _point_settings(config)
     assert set(old) < set(new)
     for name in old:
         assert new[name] == old[name], name

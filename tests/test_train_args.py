@@ -5,7 +5,6 @@ recipe field with its type, default and help."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -26,16 +25,6 @@ from safeft.training.base import (
 from derta_tiny import tiny_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-
-
-@pytest.fixture
-def restore_environ():
-    """TrainingArguments sets process environment variables for FSDP; put the environment back."""
-    saved = dict(os.environ)
-    yield
-    for key in set(os.environ) - set(saved):
-        del os.environ[key]
-    os.environ.update(saved)
 
 
 def _recipe(tmp_path: Path, trainer: dict, **fields) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import functools
 import json
 import logging
 import math
@@ -494,6 +495,14 @@ def training_argument_fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
 
 
+@functools.cache
+def training_argument_types() -> dict[str, Any]:
+    """The declared type of each ``TrainingArguments`` field, read from its annotations: ``Field.type``
+    is not used because ``HfArgumentParser`` rewrites it in place (``dict | str`` fields become ``str``)
+    once any script in the process has parsed a ``TrainingArguments`` class."""
+    return typing.get_type_hints(TrainingArguments)
+
+
 def _check_trainer_key(key: Any, fields: dict[str, dataclasses.Field]) -> None:
     """Refuse a ``trainer:`` key that TrainingArguments lacks, a top-level field sets, or safeft fixes."""
     if not isinstance(key, str):
@@ -529,7 +538,7 @@ def trainer_extras(trainer: dict[str, Any]) -> dict[str, Any]:
     extras: dict[str, Any] = {}
     for key, value in trainer.items():
         _check_trainer_key(key, fields)
-        annotation = fields[key].type
+        annotation = training_argument_types()[key]
         converted = convert_value(value, annotation, f"trainer.{key}") if _scalar(annotation) else value
         extras[f"{_CHECKPOINTING}_kwargs" if key in _CHECKPOINTING_KWARGS else key] = converted
     return extras
