@@ -344,14 +344,13 @@ def test_the_seed_rounds_recipes_are_their_sweep_points(recipe_file, point_name)
 
 def test_the_questions_sweep_changes_only_the_safety_rows_of_d03():
     """sweeps/derta_smollm2_questions.yaml (session 21): the settings of the xstest and vanilla-decision
-    sweeps unchanged (linked runs), and `_d03` with Do-Not-Answer questions in place of half its PyRIT
-    triples (`_dna`) or beside them at the same helpful rows (`_dna_add`: 128 triples, ratio 5)."""
+    sweeps unchanged (linked runs), `_d03` with Do-Not-Answer questions in place of half its PyRIT triples
+    (`_dna`), and that point with lookalike_train and XSTest held out (`_dna_look`)."""
     from safeft.sweep import load_sweep
 
     sweeps = RECIPES.parent / "sweeps"
     config, _ = load_sweep(sweeps / "derta_smollm2_questions.yaml")
     control, _ = load_sweep(sweeps / "derta_smollm2_vanilla_decision.yaml")
-
     old, new = _point_settings(control), _point_settings(config)
     assert set(old) < set(new)
     for name in old:
@@ -359,17 +358,14 @@ def test_the_questions_sweep_changes_only_the_safety_rows_of_d03():
     points = {p.name: p.set for p in config.points}
     d03 = points["t64_nt_self_alpaca_howto_z67_d03"]
     dna = points["t64_nt_self_alpaca_howto_z67_d03_dna"]
-    add = points["t128_nt_self_alpaca_howto_z67_d03_dna_add"]
+    look = points["t64_nt_self_alpaca_howto_z67_d03_dna_look"]
     assert {k for k in dna if dna[k] != d03.get(k)} == {"safety"}
     assert dna["safety"] == [
         {"source": "pyrit_many_shot", "limit": 32},
         {"source": "donotanswer_malicious", "sample": 32},
     ]
-    assert {k for k in add if add[k] != d03.get(k)} == {"safety", "helpful_ratio"}
-    assert add["helpful_ratio"] * 128 == 10.0 * 64  # the recipe's ratio 10 at 64 triples: same helpful rows
-    assert add["safety"] == [
-        {"source": "pyrit_many_shot", "limit": 64},
-        {"source": "donotanswer_malicious", "sample": 64},
-    ]
+    assert {k for k in look if look[k] != dna.get(k)} == {"self_distill", "held_out"}
+    assert look["self_distill"] == [*dna["self_distill"], {"source": "lookalike_train"}]
+    assert look["held_out"] == [*config.overrides["held_out"], {"source": "xstest"}]
     assert config.validation_suites == control.validation_suites and config.selection == control.selection
     assert config.eval == control.eval and config.output_dir != control.output_dir
