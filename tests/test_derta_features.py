@@ -145,3 +145,25 @@ def test_build_is_reproducible(fmt):
     c, _ = build_derta_examples(triples, [], fmt, seed=4)
     assert [e.input_ids for e in a] == [e.input_ids for e in b]
     assert [e.input_ids for e in a] != [e.input_ids for e in c]
+
+
+def test_guard_marks_the_answer_positions_of_helpful_rows_only(fmt):
+    from safeft.data.records import HelpfulPair
+
+    helpful = [HelpfulPair("Name a fruit.", "An apple. Sorry, a pear.", "h:1")]
+    examples, _ = build_derta_examples([TRIPLE], helpful, fmt, seed=0, guard=True)
+    sorry = fmt.single_token("Sorry")
+    for ex in examples:
+        assert ex.avoid is not None and len(ex.avoid) == len(ex.input_ids)
+        assert "avoid" in ex.as_features()
+        guarded = [i for i, a in enumerate(ex.avoid) if a != IGNORE]
+        if ex.row_type != "helpful":
+            assert guarded == []  # safety rows: the refusal is wanted there
+            continue
+        assert set(ex.avoid) - {IGNORE} == {sorry}
+        answer = [i for i, k in enumerate(ex.kinds) if k == KIND_MLE]
+        # every answer position, except one whose own next token is the refusal token
+        assert guarded == [i for i in answer if ex.targets[i] != sorry]
+        assert len(guarded) >= len(answer) - 1 and guarded
+    plain, _ = build_derta_examples([TRIPLE], helpful, fmt, seed=0)
+    assert all(ex.avoid is None and "avoid" not in ex.as_features() for ex in plain)

@@ -136,3 +136,62 @@ def test_the_decision_term_adds_the_mean_loss_of_each_rows_first_supervised_toke
     baseline = derta_loss(model, b, rto_keep_ratio=1e-6)
     assert dropped.rto_tokens == baseline.rto_tokens == 0
     assert abs(float(dropped.loss) - float(baseline.loss) - float(ce[first].mean())) < 1e-4
+
+
+def guarded_batch() -> dict[str, torch.Tensor]:
+    """``batch()`` with an ``avoid`` column: the first (helpful) row guarded against SORRY, the others not."""
+    b = batch()
+    avoid = torch.full_like(b["targets"], IGNORE)
+    helpful = b["kinds"][0] == KIND_MLE
+    avoid[0, helpful] = SORRY
+    return b | {"avoid": avoid}
+
+
+def test_the_guard_term_is_the_unlikelihood_of_the_refusal_token_at_helpful_positions():
+    model = make_tiny_model(VOCAB)
+    b = guarded_batch()
+    _, logits = dense_losses(model, b)
+    at = b["avoid"] != IGNORE
+    p_sorry = torch.softmax(logits[at], dim=-1)[:, SORRY]
+    expected_guard = float(-torch.log1p(-p_sorry).mean())
+    plain = derta_loss(model, b, decision_weight=0.5)
+    guarded = derta_loss(model, b, decision_weight=0.5, guard_weight=3.0)
+    assert plain.guard_loss is None
+    assert guarded.guard_loss == pytest.approx(expected_guard, rel=1e-4)
+    assert float(guarded.loss) == pytest.approx(float(plain.loss) + 3.0 * expected_guard, rel=1e-5)
+    assert (guarded.mle_tokens, guarded.rto_tokens) == (plain.mle_tokens, plain.rto_tokens)
+
+
+def test_training_with_the_guard_leaves_less_refusal_probability_inside_helpful_answers():
+    b = guarded_batch()
+    at = b["avoid"] != IGNORE
+    p_sorry = {}
+    for weight in (0.0, 1.0):
+        model = make_tiny_model(VOCAB)  # same seed, same initial weights
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        for _ in range(5):
+            opt.zero_grad()
+            derta_loss(model, b, guard_weight=weight).loss.backward()
+            opt.step()
+        with torch.no_grad():
+            _, logits = dense_losses(model, b)
+        p_sorry[weight] = float(torch.softmax(logits[at], dim=-1)[:, SORRY].mean())
+    assert p_sorry[1.0] < p_sorry[0.0]
+
+
+def test_the_guard_needs_the_avoid_column():
+    model = make_tiny_model(VOCAB)
+    with pytest.raises(ValueError, match="avoid"):
+        derta_loss(model, batch(), guard_weight=1.0)
+    assert derta_loss(model, batch(), guard_weight=0.0).guard_loss is None
+
+
+def test_the_collator_pads_the_avoid_column_with_ignore():
+    rows = [
+        {"input_ids": [1, 2, 3], "targets": [2, 3, IGNORE], "kinds": [1, 1, 0], "avoid": [SORRY, SORRY, 0]},
+        {"input_ids": [4], "targets": [IGNORE], "kinds": [0], "avoid": [IGNORE]},
+    ]
+    b = PaddingCollator(pad_token_id=0, pad_to_multiple_of=4)(rows)
+    assert b["avoid"].tolist() == [[SORRY, SORRY, 0, IGNORE], [IGNORE] * 4]
+    without = [{k: v for k, v in rows[0].items() if k != "avoid"}]
+    assert "avoid" not in PaddingCollator(pad_token_id=0)(without)

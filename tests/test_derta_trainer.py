@@ -7,6 +7,7 @@ import logging
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from safeft.cli import main
@@ -55,6 +56,22 @@ def test_train_writes_adapter_merged_model_metrics_and_check(tmp_path, tiny_mode
         original.state_dict()["model.embed_tokens.weight"], merged.state_dict()["model.embed_tokens.weight"]
     )
     assert "lora_B" in " ".join(load_file(run / "adapter/adapter_model.safetensors"))
+
+
+def test_a_recipe_with_the_guard_trains_with_it(tmp_path, tiny_model_dir):
+    recipe = tiny_recipe(
+        tmp_path,
+        tiny_model_dir,
+        guard_weight=0.5,
+        check={"enabled": False},
+        max_steps=2,
+        per_device_train_batch_size=32,  # every batch holds the 8 helpful rows
+    )
+    assert main(["train", "--config", str(recipe)]) == 0
+    steps = [e for e in json.loads((tmp_path / "run" / "train_log.json").read_text()) if "loss" in e]
+    # logged on every step (p(refusal) of a random model is ~1/|V|, so the logged value rounds to ~0)
+    assert len(steps) == 2 and all(e.get("guard_loss", -1) >= 0 for e in steps)
+    assert yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())["guard_weight"] == 0.5
 
 
 def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir, caplog):

@@ -54,6 +54,7 @@ def test_the_method_arguments_are_training_arguments_parsed_from_the_command_lin
         (DeRTaArguments, {"loss_weighting": "sum"}, "loss_weighting must be token_mean or weighted"),
         (DeRTaArguments, {"decision_weight": -1.0}, "decision_weight must be >= 0"),
         (DeRTaArguments, {"rto_weight": -0.1}, "rto_weight must be >= 0"),
+        (DeRTaArguments, {"guard_weight": -1.0}, "guard_weight must be >= 0"),
         (AsFTArguments, {"penalty_lambda": -1.0}, "penalty_lambda must be >= 0"),
         (AsFTArguments, {"step_lr": True, "lr_step_gamma": 1.5}, "lr_step_gamma must be in"),
         (AsFTArguments, {"step_lr": True, "warmup_steps": 3}, "StepLR.*no warmup"),
@@ -112,13 +113,14 @@ def test_derta_trainer_runs_from_a_script_without_a_recipe(tmp_path, tiny_model_
         for i in range(4)
     ]
     helpful = [HelpfulPair(f"benign question {i}?", f"A helpful answer {i}.", f"h:{i}") for i in range(4)]
-    rows, _ = build_derta_examples(triples, helpful, ChatFormat(tokenizer), seed=0)
+    rows, _ = build_derta_examples(triples, helpful, ChatFormat(tokenizer), seed=0, guard=True)
     args = DeRTaArguments(
         output_dir=str(tmp_path),
         max_steps=2,
         per_device_train_batch_size=4,
         learning_rate=1e-2,
         decision_weight=0.5,
+        guard_weight=1.0,
         loss_weighting="weighted",
         rto_weight=0.3,
         logging_steps=1,
@@ -136,7 +138,7 @@ def test_derta_trainer_runs_from_a_script_without_a_recipe(tmp_path, tiny_model_
     trainer.train()
     logged = [e for e in trainer.state.log_history if "loss" in e]
     assert trainer.state.global_step == 2 and len(logged) == 2
-    assert all("first_loss" in e for e in logged)  # decision_weight > 0 came from args
+    assert all("first_loss" in e and "guard_loss" in e for e in logged)  # the weights > 0 came from args
 
 
 def test_recipes_still_take_dict_trainer_settings_after_a_script_parsed_training_arguments():

@@ -29,14 +29,20 @@ class Example:
     kinds: list[int]
     origin: str = ""
     row_type: str = "helpful"  # helpful | prefix | rto
+    # a token to push *down* at each position (IGNORE elsewhere): the refusal token inside helpful
+    # answers, for DeRTa's guard term (``safeft.derta.loss``); None = no such column
+    avoid: list[int] | None = None
 
     def as_features(self) -> dict:
-        return {
+        features = {
             "input_ids": self.input_ids,
             "targets": self.targets,
             "kinds": self.kinds,
             "length": len(self.input_ids),
         }
+        if self.avoid is not None:
+            features["avoid"] = self.avoid
+        return features
 
 
 @dataclass

@@ -43,11 +43,21 @@ class DeRTaLossSettings:
         },
     )
 
+    guard_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "g of an added g * L_guard: unlikelihood of the refusal token at the answer positions of "
+            "helpful rows (no 'Sorry' inside a benign answer); 0 = off (a safeft option, not in the paper)"
+        },
+    )
+
     def validate_loss(self) -> None:
         if not 0.0 < self.rto_keep_ratio <= 1.0:
             raise ConfigError(f"rto_keep_ratio must be in (0, 1], got {self.rto_keep_ratio}")
         if self.decision_weight < 0:
             raise ConfigError(f"decision_weight must be >= 0, got {self.decision_weight}")
+        if self.guard_weight < 0:
+            raise ConfigError(f"guard_weight must be >= 0, got {self.guard_weight}")
         if self.rto_weight < 0:
             raise ConfigError(f"rto_weight must be >= 0, got {self.rto_weight}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:

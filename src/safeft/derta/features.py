@@ -140,6 +140,7 @@ def build_derta_examples(
     refusal_token: str = "Sorry",
     max_length: int = 512,
     seed: int = 0,
+    guard: bool = False,
 ) -> tuple[list[Example], DeRTaRowStats]:
     """All training rows of a DeRTa run: every helpful row, and per safety triple one MLE safety row and
     one RTO row (the official mix, ``generate_training_data.py``: ``Sorry_data[:3000] +
@@ -151,6 +152,10 @@ def build_derta_examples(
     * ``prefix=True, rto=False``: MLE with harmful prefix only;
     * ``prefix=False, rto=True``: "+RTO": a plain refusal row (``k = 0``) + an RTO row per triple;
     * ``prefix=False, rto=False``: vanilla safety SFT, a plain refusal row per triple (position 0 only).
+
+    ``guard=True`` gives every row an ``avoid`` column for the guard term (``loss.py``): the refusal
+    token at each answer position of a helpful row (except where the answer's own next token is it),
+    ``IGNORE`` elsewhere, so safety rows are never guarded.
     """
     rng = random.Random(seed)
     stats = DeRTaRowStats()
@@ -179,6 +184,13 @@ def build_derta_examples(
         if row is not None:
             examples.append(row)
     for ex in examples:
+        if guard:
+            ex.avoid = [
+                refusal_token_id
+                if ex.row_type == "helpful" and kind == KIND_MLE and target != refusal_token_id
+                else IGNORE
+                for kind, target in zip(ex.kinds, ex.targets, strict=True)
+            ]
         stats.rows[ex.row_type] += 1
         stats.rto_positions += sum(1 for k in ex.kinds if k == KIND_RTO)
         stats.mle_tokens += sum(1 for k in ex.kinds if k == KIND_MLE)

@@ -18,6 +18,16 @@ i.e. the answer's first token (a helpful row's first word, "Sorry" for an empty-
 an RTO row) or, after a harmful prefix, the switch to the refusal. In the token means above each such
 decision is one token among hundreds of a batch; ``L_first`` weighs the decisions as a per-row mean.
 
+``guard_weight`` g (a safeft option, not in the paper; 0 = off) adds ``g L_guard``, an unlikelihood term
+(Welleck et al. 2019, arXiv 1908.04319) on the refusal token inside helpful answers:
+
+    L_guard = -(1/|G|) sum_{t in G} log(1 - p(r | x_<=t)),   G = the answer positions of helpful rows
+
+(the rows' ``avoid`` column, built by ``build_derta_examples(guard=True)``). RTO raises p(r) after
+harmful text; nothing in the paper's loss lowers it after benign text, where MLE only raises the
+answer's own token. The guard states the contrast: refuse mid-answer after harmful text, never after
+benign text.
+
 ``rto_keep_ratio`` is the share of RTO positions trained per step. ``1.0`` is the paper's formula (every
 position) and what the official LoRA script does (RobustNLP/DeRTa ``run_files/run_clm_lora_derta_llama.py``
 sets the label of every answer position of a ``safe`` row to the refusal token); the official full
@@ -32,7 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
-from safeft.data.chat import KIND_MLE, KIND_NONE, KIND_RTO
+from safeft.data.chat import IGNORE, KIND_MLE, KIND_NONE, KIND_RTO
 from safeft.training.token_loss import token_losses
 
 
@@ -45,6 +55,7 @@ class DeRTaLoss:
     mle_tokens: int
     rto_tokens: int
     first_loss: float | None = None  # L_first, with decision_weight > 0
+    guard_loss: float | None = None  # L_guard, with guard_weight > 0
 
 
 def first_supervised(kinds: torch.Tensor) -> torch.Tensor:
@@ -60,14 +71,21 @@ def derta_loss(
     weighting: str = "token_mean",
     rto_weight: float = 1.0,
     decision_weight: float = 0.0,
+    guard_weight: float = 0.0,
 ) -> DeRTaLoss:
     kinds, targets = batch["kinds"], batch["targets"]
+    if guard_weight and "avoid" not in batch:
+        raise ValueError(
+            "guard_weight > 0 needs rows with an 'avoid' column: build them with "
+            "build_derta_examples(..., guard=True)"
+        )
     mle = kinds == KIND_MLE
     rto = kinds == KIND_RTO
     if rto_keep_ratio < 1.0:
         rto = rto & (torch.rand(kinds.shape, device=kinds.device) < rto_keep_ratio)
     first = first_supervised(kinds) if decision_weight else torch.zeros_like(mle)
-    select = mle | rto | first  # a first position the RTO draw dropped joins L_first only
+    guarded = batch["avoid"] != IGNORE if guard_weight else torch.zeros_like(mle)
+    select = mle | rto | first | guarded  # a first position the RTO draw dropped joins L_first only
     if not bool(select.any()):
         # Nothing supervised survived the draw. Still run the forward through ``model`` (DDP expects a
         # forward + backward on every rank each step) and return a zero loss on one position.
@@ -96,6 +114,15 @@ def derta_loss(
         first_part = losses[first[select]]
         loss = loss + decision_weight * first_part.mean()
         first_loss = float(first_part.detach().mean())
+    guard_loss = None
+    if guard_weight and bool(guarded.any()):
+        at = guarded[select]
+        log_probs = torch.log_softmax(logits[at], dim=-1)
+        log_p = log_probs.gather(1, batch["avoid"][select][at].unsqueeze(1)).squeeze(1)
+        # log(1 - p) = log(-expm1(log p)), clamped away from p = 1
+        guard_part = -torch.log(-torch.expm1(log_p.clamp(max=-1e-6)))
+        loss = loss + guard_weight * guard_part.mean()
+        guard_loss = float(guard_part.detach().mean())
     with torch.no_grad():
         accuracy = None
         if n_rto:
@@ -108,4 +135,5 @@ def derta_loss(
         mle_tokens=n_mle,
         rto_tokens=n_rto,
         first_loss=first_loss,
+        guard_loss=guard_loss,
     )

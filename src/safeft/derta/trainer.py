@@ -137,13 +137,20 @@ class DeRTaTrainer(SafeFTTrainer):
     def compute_objective(self, model, inputs):
         cfg: DeRTaArguments = self.args
         out = derta_loss(
-            model, inputs, cfg.rto_keep_ratio, cfg.loss_weighting, cfg.rto_weight, cfg.decision_weight
+            model,
+            inputs,
+            cfg.rto_keep_ratio,
+            cfg.loss_weighting,
+            cfg.rto_weight,
+            cfg.decision_weight,
+            cfg.guard_weight,
         )
         return out.loss, {
             "mle_loss": out.mle_loss,
             "rto_loss": out.rto_loss,
             "rto_accuracy": out.rto_accuracy,
             "first_loss": out.first_loss,
+            "guard_loss": out.guard_loss,
         }
 
 
@@ -299,6 +306,7 @@ def train_derta(config: DeRTaConfig) -> dict:
         refusal_token=config.refusal_token,
         max_length=config.max_length,
         seed=config.seed,
+        guard=config.guard_weight > 0,
     )
     data_stats = stats.as_dict() | {"harmful_answers": answer_stats.as_dict()}
     log.info("DeRTa rows: %s", data_stats)

@@ -260,7 +260,8 @@ def use_bf16(precision: str) -> bool:
 
 
 class PaddingCollator:
-    """Right-pads ``input_ids`` / ``targets`` / ``kinds`` to the longest row of the batch."""
+    """Right-pads ``input_ids`` / ``targets`` / ``kinds`` (and ``avoid``, where the rows have it) to the
+    longest row of the batch."""
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 8) -> None:
         self.pad_token_id = pad_token_id
@@ -282,6 +283,10 @@ class PaddingCollator:
             batch["attention_mask"][i, :m] = 1
             batch["targets"][i, :m] = torch.as_tensor(r["targets"])
             batch["kinds"][i, :m] = torch.as_tensor(r["kinds"])
+        if "avoid" in rows[0]:
+            batch["avoid"] = torch.full((n, longest), IGNORE, dtype=torch.long)
+            for i, r in enumerate(rows):
+                batch["avoid"][i, : len(r["avoid"])] = torch.as_tensor(r["avoid"])
         return batch
 
 
