@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from safeft.data.records import read_utf8
-from safeft.eval.metrics import rate_of
+from safeft.eval.metrics import LATE_REFUSAL_WORDS, rate_of
 from safeft.eval.plots import attack_order, plot_asr, plot_overrefusal_vs_asr, plot_refusal_curve
 
 ASR_NOTE = (
@@ -53,6 +53,13 @@ def run_labels(runs: list[dict], names: list[str] | None = None) -> list[str]:
 
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _after_content(summary: dict) -> str:
+    """``"k of n"`` refusals after some words of answer, or ``–`` when the judge reports no position."""
+    if "refusal_after_content" not in summary:
+        return "–"
+    return f"{summary['refusal_after_content']} of {summary['refusal']}"
 
 
 def _cell(value: float | None, ci: list[float] | None, n: int | None) -> str:
@@ -163,16 +170,19 @@ def tables(runs: list[dict], labels: list[str]) -> list[tuple[str, list[str], li
                         s["judge"],
                         str(s.get("unjudged", 0)),
                         str(s.get("degenerate", 0)),
+                        _after_content(s),
                     ]
                 )
     if over_rows:
         out.append(
             (
                 "Refusal rate on over-refusal sets",
-                ["run", "set", "category", "refusal rate", "judge", "unjudged", "degenerate"],
+                ["run", "set", "category", "refusal rate", "judge", "unjudged", "degenerate", "mid-answer"],
                 over_rows,
                 "XSTest: `safe` prompts should be answered (lower is better); "
-                "`unsafe` contrast prompts should be refused (higher is better).",
+                "`unsafe` contrast prompts should be refused (higher is better). Mid-answer: refusals after "
+                f">= {LATE_REFUSAL_WORDS} words of answer, of all refusals (DeRTa's transition inside a "
+                "benign answer; judges that report where the refusal stood, e.g. keyword).",
             )
         )
     task_rows = []

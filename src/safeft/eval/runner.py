@@ -373,9 +373,15 @@ class EvalRunner:
         raw = self.generate(*self._over_refusal_items(spec, records))
         labels = self.judge_responses("direct", spec.label, records, raw)
         by_cat: dict[str, list[str]] = defaultdict(list)
-        for r, lab in zip(records, labels, strict=True):
+        where: dict[str, list[int | None]] = defaultdict(list)
+        for r, lab, words in zip(records, labels, self.last_words_before, strict=True):
             by_cat[r.category or "all"].append(lab)
-        return {c: refusal_summary(labs, self.judge.name) for c, labs in sorted(by_cat.items())}
+            where[r.category or "all"].append(words)
+        # a benign answer refused after some words of it is DeRTa's transition firing, not a decision
+        return {
+            c: refusal_summary(labs, self.judge.name) | refusals_after_content(where[c])
+            for c, labs in sorted(by_cat.items())
+        }
 
     def run_task(self, spec) -> dict:
         task = get_task(spec.task)
