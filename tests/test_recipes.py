@@ -238,6 +238,30 @@ def test_the_vanilla_decision_sweep_adds_the_term_to_vanilla_as_a_control_only()
     assert config.eval == xstest.eval and config.output_dir != xstest.output_dir
 
 
+def test_the_guard_sweep_adds_only_the_guard_to_the_questions_sweeps_front_point():
+    """sweeps/derta_smollm2_guard.yaml (session 22) scores the questions sweep's settings unchanged
+    (linked runs) and trains `_d03_dna_look` with guard_weight 1 and 3, nothing else changed."""
+    from safeft.sweep import load_sweep
+
+    sweeps = RECIPES.parent / "sweeps"
+    config, _ = load_sweep(sweeps / "derta_smollm2_guard.yaml")
+    questions, _ = load_sweep(sweeps / "derta_smollm2_questions.yaml")
+    old, new = _point_settings(questions), _point_settings(config)
+    for name in set(new) & set(old):
+        assert new[name] == old[name], name
+    points = {p.name: p for p in config.points}
+    look = points["t64_nt_self_alpaca_howto_z67_d03_dna_look"]
+    added = {p.name for p in config.points} - {p.name for p in questions.points}
+    assert added == {f"{look.name}_g1", f"{look.name}_g3"}
+    for name in added:
+        point = points[name]
+        assert {k for k in point.set if point.set[k] != look.set.get(k)} == {"guard_weight"}
+        assert not point.baseline
+    assert [points[n].set["guard_weight"] for n in sorted(added)] == [1.0, 3.0]
+    assert config.validation_suites == questions.validation_suites and config.selection == questions.selection
+    assert config.eval == questions.eval and config.output_dir != questions.output_dir
+
+
 @pytest.mark.parametrize(
     ("recipe_file", "point_name"),
     [
