@@ -240,7 +240,8 @@ def test_the_vanilla_decision_sweep_adds_the_term_to_vanilla_as_a_control_only()
 
 def test_the_guard_sweep_adds_only_the_guard_to_the_questions_sweeps_front_point():
     """sweeps/derta_smollm2_guard.yaml (session 22) scores the questions sweep's settings unchanged
-    (linked runs) and trains `_d03_dna_look` with guard_weight 1 and 3, nothing else changed."""
+    (linked runs) and trains `_d03_dna_look` with guard_weight 1 and 3, nothing else changed, and (added
+    later) `_g3` with more Do-Not-Answer questions."""
     from safeft.sweep import load_sweep
 
     sweeps = RECIPES.parent / "sweeps"
@@ -252,12 +253,20 @@ def test_the_guard_sweep_adds_only_the_guard_to_the_questions_sweeps_front_point
     points = {p.name: p for p in config.points}
     look = points["t64_nt_self_alpaca_howto_z67_d03_dna_look"]
     added = {p.name for p in config.points} - {p.name for p in questions.points}
-    assert added == {f"{look.name}_g1", f"{look.name}_g3"}
-    for name in added:
+    more = "t64_nt_self_alpaca_howto_z67_d03_dna48_look_g3"
+    assert added == {f"{look.name}_g1", f"{look.name}_g3", more}
+    for name in added - {more}:
         point = points[name]
         assert {k for k in point.set if point.set[k] != look.set.get(k)} == {"guard_weight"}
         assert not point.baseline
-    assert [points[n].set["guard_weight"] for n in sorted(added)] == [1.0, 3.0]
+    assert [points[f"{look.name}_g{g}"].set["guard_weight"] for g in (1, 3)] == [1.0, 3.0]
+    # the later point: `_g3` with 16 PyRIT + 48 Do-Not-Answer safety rows
+    g3 = points[f"{look.name}_g3"]
+    assert {k for k in points[more].set if points[more].set[k] != g3.set.get(k)} == {"safety"}
+    assert [(s["source"], s.get("limit"), s.get("sample")) for s in points[more].set["safety"]] == [
+        ("pyrit_many_shot", 16, None),
+        ("donotanswer_malicious", None, 48),
+    ]
     assert config.validation_suites == questions.validation_suites and config.selection == questions.selection
     assert config.eval == questions.eval and config.output_dir != questions.output_dir
 
