@@ -143,6 +143,28 @@ def test_the_decision_recipe_is_the_selected_recipe_plus_the_decision_term():
     assert differ == ["decision_weight", "output_dir"] and d03["decision_weight"] == 0.3
 
 
+def test_the_guard_recipe_is_the_guard_sweeps_selected_point():
+    """recipes/..._d03_dna_look_g3.yaml = the sweep's base recipe + its overrides + the selected point, and
+    differs from `_d03`'s recipe only where the point does."""
+    from safeft.sweep import load_sweep
+
+    sweeps = RECIPES.parent / "sweeps"
+    config, _ = load_sweep(sweeps / "derta_smollm2_guard.yaml")
+    point = next(p for p in config.points if p.name == "t64_nt_self_alpaca_howto_z67_d03_dna_look_g3")
+    sweep = yaml.safe_load((sweeps / "derta_smollm2_guard.yaml").read_text())
+    base, _ = _load("derta_smollm2.yaml")
+    raw_point = next(p for p in sweep["points"] if p["name"] == point.name)
+    trained = {**base, **sweep["overrides"], **raw_point["set"]}
+    trained["check"] = {**base["check"], **sweep["overrides"]["check"]}
+    recipe, _ = _load("derta_smollm2_onpolicy_alpaca_howto_z67_d03_dna_look_g3.yaml")
+    recipe["check"] = {**recipe["check"], "before": False}  # the sweep skips the before-check to save time
+    assert sorted(k for k in set(trained) | set(recipe) if trained.get(k) != recipe.get(k)) == ["output_dir"]
+    d03, _ = _load("derta_smollm2_onpolicy_alpaca_howto_z67_d03.yaml")
+    recipe, _ = _load("derta_smollm2_onpolicy_alpaca_howto_z67_d03_dna_look_g3.yaml")
+    differ = sorted(k for k in set(d03) | set(recipe) if d03.get(k) != recipe.get(k))
+    assert differ == ["guard_weight", "held_out", "output_dir", "safety", "self_distill"]
+
+
 def test_the_decision_sweep_is_the_selected_setting_plus_the_decision_term_only():
     sweeps = RECIPES.parent / "sweeps"
     repro = yaml.safe_load((sweeps / "derta_smollm2_repro.yaml").read_text())
