@@ -277,16 +277,16 @@ class PaddingCollator:
             "targets": torch.full((n, longest), IGNORE, dtype=torch.long),
             "kinds": torch.full((n, longest), KIND_NONE, dtype=torch.long),
         }
+        padded = ["targets", "kinds"]
+        if "avoid" in rows[0]:
+            batch["avoid"] = torch.full((n, longest), IGNORE, dtype=torch.long)
+            padded.append("avoid")
         for i, r in enumerate(rows):
             m = len(r["input_ids"])
             batch["input_ids"][i, :m] = torch.as_tensor(r["input_ids"])
             batch["attention_mask"][i, :m] = 1
-            batch["targets"][i, :m] = torch.as_tensor(r["targets"])
-            batch["kinds"][i, :m] = torch.as_tensor(r["kinds"])
-        if "avoid" in rows[0]:
-            batch["avoid"] = torch.full((n, longest), IGNORE, dtype=torch.long)
-            for i, r in enumerate(rows):
-                batch["avoid"][i, : len(r["avoid"])] = torch.as_tensor(r["avoid"])
+            for key in padded:
+                batch[key][i, :m] = torch.as_tensor(r[key])
         return batch
 
 
