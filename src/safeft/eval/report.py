@@ -124,10 +124,8 @@ def tables(runs: list[dict], labels: list[str]) -> list[tuple[str, list[str], li
                 if apart:
                     cell += f", {', '.join(apart)} (worst case {_pct(s.get('asr_worst_case'))})"
                 if s.get("refusal_after_content"):  # DeRTa's mid-answer switch, after part of an answer
-                    cell += (
-                        f"; {s['refusal_after_content']} of {s['refusal']} refusals after >= "
-                        f"{s['refusal_after_content_words']} words of answer"
-                    )
+                    words = s["refusal_after_content_words"]
+                    cell += f"; {_after_content(s)} refusals after >= {words} words of answer"
                 if s.get("mean_score") is not None:
                     lo, hi = s["mean_score_ci95"]
                     cell += (
