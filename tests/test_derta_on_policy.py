@@ -147,3 +147,39 @@ def test_a_prompt_only_source_needs_the_models_answers(tmp_path, tiny_model_dir,
     err = capsys.readouterr().err
     assert "questions.jsonl" in err and "needs harmful_answers: self" in err
     assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_vanilla_safety_sft_keeps_the_triples_derta_keeps(tmp_path, tiny_model_dir, monkeypatch):
+    """On a prompts-only source DeRTa drops the prompts whose model answer is unusable; vanilla safety SFT
+    with the same recipe trains on the same prompts (from the same cached answers), not on every row."""
+    # the "model" answers each question with its own words; those of questions 1 and 3 count as refusals
+    monkeypatch.setattr(
+        "safeft.eval.generation.HFGenerator.generate",
+        lambda self, conversations: [f"Answer: {c.messages[-1]['content']}" for c in conversations],
+    )
+    monkeypatch.setattr(
+        "safeft.training.self_distill.drop_reason",
+        lambda answer: "refusal" if answer.endswith(("question 1?", "question 3?")) else None,
+    )
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"prompt": f"placeholder question {i}?"}) + "\n" for i in range(4)))
+    kept = {}
+    for name, derta in (("derta", True), ("vanilla", False)):
+        recipe = tiny_recipe(
+            tmp_path / name,
+            tiny_model_dir,
+            output_dir=str(tmp_path / name / "run"),
+            safety=[{"path": str(questions), "fields": {"prompt": "prompt", "harmful_response": ""}}],
+            harmful_answers="self",
+            prefix=derta,
+            rto=derta,
+            cache_dir=str(tmp_path / "cache"),
+            check={"enabled": False},
+            max_steps=1,
+        )
+        assert main(["train", "--config", str(recipe)]) == 0
+        stats = json.loads((tmp_path / name / "run" / "data_stats.json").read_text())
+        assert stats["harmful_answers"]["dropped_model_answers"] == {"refusal": 2, "no answer, prompt only": 2}
+        split = json.loads((tmp_path / name / "run" / "split.json").read_text())
+        kept[name] = sorted(split["train_safety"])
+    assert kept["derta"] == kept["vanilla"] and len(kept["derta"]) == 2

@@ -217,10 +217,16 @@ def self_distilled_pairs(model, tokenizer, config: DeRTaConfig) -> list[HelpfulP
 
 def model_harmful_answers(model, tokenizer, config: DeRTaConfig, triples: list[SafetyTriple]):
     """The triples with the harmful answers ``config.harmful_answers`` asks for (see ``on_policy.py``).
-    Vanilla safety SFT (``prefix`` and ``rto`` off) trains no harmful answer: nothing is generated."""
+
+    Vanilla safety SFT (``prefix`` and ``rto`` off) trains no harmful answer, but trains on the same
+    triples as DeRTa with the same recipe: where DeRTa's rows depend on the model's answers (a prompts-only
+    source, whose prompts the model refuses are dropped, or ``both``, which adds a triple per answer) they
+    are generated (cached: free after DeRTa's run) and the same triples kept; otherwise nothing is."""
     from safeft.models import model_fingerprint
 
-    if not (config.prefix or config.rto):
+    vanilla = not (config.prefix or config.rto)
+    depends = config.harmful_answers == "both" or any(not t.harmful_response for t in triples)
+    if vanilla and (config.harmful_answers == "dataset" or not depends):
         return with_model_answers(triples, {}, "dataset")
     if config.harmful_answers == "dataset":
         prompt_only = sorted({t.origin.rsplit(":", 1)[0] for t in triples if not t.harmful_response})
