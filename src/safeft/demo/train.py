@@ -69,10 +69,15 @@ def train_alignment(
 ) -> dict[str, Any]:
     """DeRTa (``derta=True``) or the vanilla safety-SFT baseline on the same triples and helpful rows.
     DeRTa's harmful answers are ``align.harmful_answers`` (the original model's own by default,
-    generated from ``model_dir``, cached); vanilla SFT trains on (q, refusal) and never reads them."""
+    generated from ``model_dir``, cached); vanilla SFT trains on (q, refusal) and never on them, but keeps
+    the same harmful questions (those the model answered). Both arms share the loss options."""
     from safeft.derta.trainer import DeRTaConfig, train_derta
 
     a = config.align
+    safety = [SourceConfig(path=str(data / FILES["train_safety"]))]
+    questions = data / FILES["train_questions"]
+    if questions.is_file() and questions.stat().st_size > 0:  # prompts only: the model's answers or none
+        safety.append(SourceConfig(path=str(questions), fields={"prompt": "prompt", "harmful_response": ""}))
     helpful = [SourceConfig(path=str(data / FILES["train_helpful"]))] if a.helpful_qa else []
     if (distilled / DISTILLED).stat().st_size > 0:
         helpful.append(SourceConfig(path=str(distilled / DISTILLED)))
@@ -83,9 +88,10 @@ def train_alignment(
     cfg = DeRTaConfig(
         model=str(model_dir),
         output_dir=str(folder),
-        safety=[SourceConfig(path=str(data / FILES["train_safety"]))],
+        safety=safety,
         helpful=helpful,
-        harmful_answers=a.harmful_answers if derta else "dataset",  # vanilla SFT never sees h
+        # vanilla SFT never trains on h, but keeps the questions DeRTa keeps (safeft.derta.trainer)
+        harmful_answers=a.harmful_answers,
         self_distill_max_new_tokens=config.data.self_distill_max_new_tokens,
         prefix=derta,
         rto=derta,
@@ -93,6 +99,7 @@ def train_alignment(
         loss_weighting=a.loss_weighting,
         rto_weight=a.rto_weight,
         decision_weight=a.decision_weight,
+        guard_weight=a.guard_weight,
         prefix_zero_fraction=a.prefix_zero_fraction,
         helpful_ratio=a.helpful_per_triple,
         lora=LoraSettings(r=a.lora_r, alpha=a.lora_alpha, target_modules=list(ALL_LINEAR)),
