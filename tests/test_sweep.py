@@ -524,3 +524,18 @@ def test_an_evaluation_made_with_another_version_of_the_suite_is_not_reported(tm
     assert point_evaluation(folder, spec) is None
     assert "evaluated with another version" in caplog.text and "over_refusal_sets" in caplog.text
     assert point_evaluation(tmp_path / "never_evaluated", spec) is None
+
+
+def test_only_selects_points_or_settings_with_all_their_seeds():
+    from safeft.config import ConfigError
+    from safeft.sweep import PointSpec, SweepConfig, expand_points, select_points
+
+    config = SweepConfig(
+        recipe="r.yaml", points=[PointSpec("a", {"lr": 1}), PointSpec("b", {"lr": 2})], seeds=[2, 3]
+    )
+    points = expand_points(config)
+    assert select_points(points, None) == points
+    assert [p.name for p in select_points(points, ["b"])] == ["b_seed2", "b_seed3"]
+    assert [p.name for p in select_points(points, ["a_seed3", "b"])] == ["a_seed3", "b_seed2", "b_seed3"]
+    with pytest.raises(ConfigError, match="--only c: no such point; the sweep has a, a_seed2"):
+        select_points(points, ["c"])

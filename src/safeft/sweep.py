@@ -621,11 +621,25 @@ def harm_and_over(v: dict) -> tuple[float, float]:
     return (benign if benign is not None else (v["over_refusal"] or 0.0), sum(harm) / max(1, len(harm)))
 
 
-def run_sweep(config: SweepConfig, jobs: int = 1) -> dict[str, Any]:
-    """Run every point (``jobs`` at a time, each in its own processes), then write the summary."""
+def select_points(points: list[PointSpec], only: list[str] | None) -> list[PointSpec]:
+    """The points named in ``only`` (a setting's name takes all its seeds); every point without it."""
+    if not only:
+        return points
+    known = {p.name for p in points} | {p.group for p in points if p.group}
+    unknown = sorted(set(only) - known)
+    if unknown:
+        have = ", ".join(sorted(known))
+        raise ConfigError(f"--only {', '.join(unknown)}: no such point; the sweep has {have}")
+    return [p for p in points if p.name in only or p.group in only]
+
+
+def run_sweep(config: SweepConfig, jobs: int = 1, only: list[str] | None = None) -> dict[str, Any]:
+    """Run every point (``jobs`` at a time, each in its own processes), then write the summary. With
+    ``only``, just those points (or settings) run and the summary holds just them: the others are neither
+    trained nor selected (run the whole file again for the summary of all of them)."""
     root = Path(config.output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    points = expand_points(config)
+    points = select_points(expand_points(config), only)
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     if jobs == 1:

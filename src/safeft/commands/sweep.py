@@ -24,6 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="points trained at the same time (default 1; on a CPU set "
         "OMP_NUM_THREADS so that jobs x threads <= cores)",
     )
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="POINT",
+        help="run and summarise only this point (a setting's name takes all its seeds); repeatable. "
+        "The summary then selects among these points only",
+    )
     p.set_defaults(handler=run)
 
 
@@ -35,5 +42,5 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
         raise ConfigError(f"--config {args.config}: sweep file not found")
     read_yaml(args.config, "a sweep YAML")  # names the file on non-UTF-8 bytes or a syntax error
     config, _ = load_sweep(args.config, args.output_dir)
-    run_sweep(config, jobs=args.jobs)
+    run_sweep(config, jobs=args.jobs, only=args.only)
     return 0
