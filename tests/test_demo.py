@@ -160,6 +160,12 @@ def test_stage1_defaults_are_the_selected_recipes():
         recipe["max_length"],
     )
     assert (a.lora_r, a.lora_alpha) == (recipe["lora"]["r"], recipe["lora"]["alpha"])
+    # recipes/demo/session16.yaml: the defaults before session 23 (no questions, no lookalike rows, no terms)
+    old = load_demo_config(path=ROOT / "recipes" / "demo" / "session16.yaml")
+    assert (old.data.n_train_triples, old.data.n_train_questions) == (16, 0)
+    assert old.data.self_distill_sources == distilled[:-1] and distilled[-1] == "lookalike_train"
+    terms = (old.align.decision_weight, old.align.guard_weight, old.align.prefix_zero_fraction)
+    assert terms == (0, 0, 1 / 3)
 
 
 # -- data ------------------------------------------------------------------------------------------------

@@ -67,9 +67,10 @@ class AlignBudget:
     validation split, README "Results"): the original model's own harmful answers, half the safety rows as
     harmful questions (``data.n_train_questions``), self-distilled helpful rows only (10 per triple), 2/3
     plain refusal rows, the decision term at 0.3 and the guard at 3. They were adopted before the demo
-    ran with them, and its results are reported whatever they are (README "The demo"). The optimisation
-    settings are recipes/derta_smollm2.yaml's (the first sweep's selection); fewer safety rows than the
-    recipe's 64 so that the demo fits its time budget."""
+    ran with them, and its results are reported whatever they are (README "The demo": in session 23's run
+    DeRTa looped on 7-14 of 24 harmful prompts per cell). The optimisation settings are
+    recipes/derta_smollm2.yaml's (the first sweep's selection); fewer safety rows than the recipe's 64 for
+    the demo's time budget. ``recipes/demo/session16.yaml`` restores the earlier defaults."""
 
     epochs: float = 2.0
     batch_size: int = 4  # 4 rows per step: ~100 optimizer steps on this data (16 per step gave 24: too few)
