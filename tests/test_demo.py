@@ -108,9 +108,10 @@ def test_stage1_data_choices_reach_the_trainer(tmp_path, monkeypatch):
         (FILES["train_questions"], {"prompt": "prompt", "harmful_response": ""}),
     ]
     assert safety[0] == safety[1]
-    # the selection's loss options (session 22's recipe), in both arms
+    # the selection's loss options (session 22's recipe) and the refusal guard (session 24), in both arms
     options = [(c.decision_weight, c.prefix_zero_fraction, c.guard_weight) for c in seen]
     assert options == [(0.3, 2 / 3, 3.0)] * 3
+    assert [c.refusal_guard_weight for c in seen] == [1.0] * 3
     seen.clear()
     (tmp_path / FILES["train_questions"]).write_text("")  # no questions: the source is left out
     for derta in (True, False):
@@ -165,7 +166,15 @@ def test_stage1_defaults_are_the_selected_recipes():
     assert (old.data.n_train_triples, old.data.n_train_questions) == (16, 0)
     assert old.data.self_distill_sources == distilled[:-1] and distilled[-1] == "lookalike_train"
     terms = (old.align.decision_weight, old.align.guard_weight, old.align.prefix_zero_fraction)
-    assert terms == (0, 0, 1 / 3)
+    assert terms == (0, 0, 1 / 3) and old.align.refusal_guard_weight == 0
+    # the refusal guard (session 24) is the demo's own addition to the selection, chosen on validation;
+    # recipes/demo/session23.yaml turns it off and changes nothing else
+    assert "refusal_guard_weight" not in recipe and a.refusal_guard_weight == 1.0
+    s23 = load_demo_config(path=ROOT / "recipes" / "demo" / "session23.yaml")
+    assert s23.align.refusal_guard_weight == 0 and s23.data == d
+    assert {k: v for k, v in vars(s23.align).items() if k != "refusal_guard_weight"} == {
+        k: v for k, v in vars(a).items() if k != "refusal_guard_weight"
+    }
 
 
 # -- data ------------------------------------------------------------------------------------------------

@@ -167,3 +167,31 @@ def test_guard_marks_the_answer_positions_of_helpful_rows_only(fmt):
         assert len(guarded) >= len(answer) - 1 and guarded
     plain, _ = build_derta_examples([TRIPLE], helpful, fmt, seed=0)
     assert all(ex.avoid is None and "avoid" not in ex.as_features() for ex in plain)
+
+
+@pytest.mark.parametrize("derta", [True, False])
+def test_refusal_guard_marks_each_refusal_after_its_first_token(fmt, derta):
+    from safeft.data.records import HelpfulPair
+
+    helpful = [HelpfulPair("Name a fruit.", "An apple.", "h:1")]
+    triples = [TRIPLE, SafetyTriple("Other bad thing?", HARMFUL, "Sorry, no.", "t.jsonl:2")]
+    kwargs = {"prefix": derta, "rto": derta, "prefix_zero_fraction": 0.5, "seed": 1, "guard": True}
+    plain, _ = build_derta_examples(triples, helpful, fmt, **kwargs)
+    examples, _ = build_derta_examples(triples, helpful, fmt, refusal_guard=True, **kwargs)
+    sorry = fmt.single_token("Sorry")
+    end_of_turn = fmt.end_of_turn_ids[0]
+    refusals = 0
+    for ex, before in zip(examples, plain, strict=True):
+        assert ex.avoid == before.avoid and before.avoid_in_refusal is None  # the helpful guard as before
+        assert "avoid_in_refusal" in ex.as_features() and len(ex.avoid_in_refusal) == len(ex.input_ids)
+        guarded = [i for i, a in enumerate(ex.avoid_in_refusal) if a != IGNORE]
+        if ex.row_type != "prefix":
+            assert guarded == []  # helpful rows have their own guard; RTO wants "Sorry" everywhere
+            continue
+        refusals += 1
+        answer = [i for i, k in enumerate(ex.kinds) if k == KIND_MLE]
+        assert ex.targets[answer[0]] == sorry  # the refusal's first token stays unguarded ...
+        assert guarded == answer[1:]  # ... every later position is guarded, the end of turn included
+        assert set(ex.avoid_in_refusal) - {IGNORE} == {sorry}
+        assert any(ex.targets[i] == end_of_turn for i in guarded)
+    assert refusals == 2

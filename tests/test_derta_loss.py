@@ -195,3 +195,50 @@ def test_the_collator_pads_the_avoid_column_with_ignore():
     assert b["avoid"].tolist() == [[SORRY, SORRY, 0, IGNORE], [IGNORE] * 4]
     without = [{k: v for k, v in rows[0].items() if k != "avoid"}]
     assert "avoid" not in PaddingCollator(pad_token_id=0)(without)
+
+
+def refusal_guarded_batch() -> dict[str, torch.Tensor]:
+    """``guarded_batch()`` plus an ``avoid_in_refusal`` column: the third row taken as a refusal, guarded
+    after its first MLE position."""
+    b = guarded_batch()
+    avoid = torch.full_like(b["targets"], IGNORE)
+    answer = (b["kinds"][2] == KIND_MLE).nonzero().flatten()
+    avoid[2, answer[1:]] = SORRY
+    return b | {"avoid_in_refusal": avoid}
+
+
+def test_the_refusal_guard_is_its_own_mean_of_the_unlikelihood_inside_refusals():
+    model = make_tiny_model(VOCAB)
+    b = refusal_guarded_batch()
+    _, logits = dense_losses(model, b)
+    p_sorry = torch.softmax(logits, dim=-1)[..., SORRY]
+    in_refusal = b["avoid_in_refusal"] != IGNORE
+    expected = float(-torch.log1p(-p_sorry[in_refusal]).mean())
+    plain = derta_loss(model, b, guard_weight=3.0)
+    both = derta_loss(model, b, guard_weight=3.0, refusal_guard_weight=2.0)
+    assert plain.refusal_guard_loss is None
+    assert both.refusal_guard_loss == pytest.approx(expected, rel=1e-4)
+    assert both.guard_loss == pytest.approx(plain.guard_loss, rel=1e-5)  # the helpful guard is unchanged
+    assert float(both.loss) == pytest.approx(float(plain.loss) + 2.0 * expected, rel=1e-5)
+    # the refusal's positions are not pooled with the helpful guard's (a mean of its own)
+    pooled = float(-torch.log1p(-p_sorry[in_refusal | (b["avoid"] != IGNORE)]).mean())
+    assert both.refusal_guard_loss != pytest.approx(pooled, rel=1e-3)
+    with pytest.raises(ValueError, match="avoid_in_refusal"):
+        derta_loss(model, guarded_batch(), refusal_guard_weight=1.0)
+
+
+def test_training_with_the_refusal_guard_lowers_the_refusal_token_inside_the_refusal():
+    b = refusal_guarded_batch()
+    at = b["avoid_in_refusal"] != IGNORE
+    p_sorry = {}
+    for weight in (0.0, 1.0):
+        model = make_tiny_model(VOCAB)  # same seed, same initial weights
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        for _ in range(5):
+            opt.zero_grad()
+            derta_loss(model, b, refusal_guard_weight=weight).loss.backward()
+            opt.step()
+        with torch.no_grad():
+            _, logits = dense_losses(model, b)
+        p_sorry[weight] = float(torch.softmax(logits[at], dim=-1)[:, SORRY].mean())
+    assert p_sorry[1.0] < p_sorry[0.0]

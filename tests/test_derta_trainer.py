@@ -63,6 +63,7 @@ def test_a_recipe_with_the_guard_trains_with_it(tmp_path, tiny_model_dir):
         tmp_path,
         tiny_model_dir,
         guard_weight=0.5,
+        refusal_guard_weight=0.25,
         check={"enabled": False},
         max_steps=2,
         per_device_train_batch_size=32,  # every batch holds the 8 helpful rows
@@ -71,7 +72,17 @@ def test_a_recipe_with_the_guard_trains_with_it(tmp_path, tiny_model_dir):
     steps = [e for e in json.loads((tmp_path / "run" / "train_log.json").read_text()) if "loss" in e]
     # logged on every step (p(refusal) of a random model is ~1/|V|, so the logged value rounds to ~0)
     assert len(steps) == 2 and all(e.get("guard_loss", -1) >= 0 for e in steps)
-    assert yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())["guard_weight"] == 0.5
+    assert any(e.get("refusal_guard_loss", -1) >= 0 for e in steps)  # logged where a refusal row is in
+    saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
+    assert (saved["guard_weight"], saved["refusal_guard_weight"]) == (0.5, 0.25)
+
+
+def test_a_negative_refusal_guard_weight_is_a_config_error():
+    from safeft.config import ConfigError
+    from safeft.derta.arguments import DeRTaLossSettings
+
+    with pytest.raises(ConfigError, match="refusal_guard_weight must be >= 0"):
+        DeRTaLossSettings(refusal_guard_weight=-1.0).validate_loss()
 
 
 def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir, caplog):

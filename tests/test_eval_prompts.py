@@ -28,6 +28,32 @@ def test_advbench_and_harmful_pairs_loaders():
     assert "\n" not in pairs[0].category
 
 
+def test_safeft_set_reads_a_data_folder_source_from_the_suite_data_dir(tmp_path):
+    """``set: safeft`` with a source that only the data folder holds (``derta_malicious``): found through
+    the suite's ``data_dir`` (relative to the suite file), a clear error without it; repo suite too."""
+    from conftest import SHARED_DATA
+
+    shared_file("derta/malicious_tuning_data_330.json")  # skips without the shared data
+    with pytest.raises(Exception, match=r"derta_malicious.*no file found"):
+        load_prompt_set("safeft", source="derta_malicious")
+    rows = load_prompt_set("safeft", data_dir=str(SHARED_DATA), source="derta_malicious")
+    assert len(rows) > 200 and all(r.extra["harmful_answer"] for r in rows)
+    suite_file = tmp_path / "s.yaml"
+    suite_file.write_text(
+        f"name: s\ndata_dir: {SHARED_DATA}\njudge: keyword\nsafety:\n"
+        "  - {set: safeft, name: m, options: {source: derta_malicious}, attacks: [direct]}\n"
+    )
+    suite = load_suite(suite_file)
+    assert suite.data_folder() == str(SHARED_DATA)
+    from safeft.eval.judges.keyword import KeywordJudge
+    from safeft.eval.runner import EvalRunner, ModelInfo
+
+    runner = EvalRunner(suite, None, ModelInfo("none", "fp"), KeywordJudge(), tmp_path / "o", seed=0)
+    assert [r.prompt for r in runner.load_set(suite.safety[0])] == [r.prompt for r in rows]
+    repo_suite = load_suite(Path(__file__).resolve().parents[1] / "suites" / "demo_validation.yaml")
+    assert Path(repo_suite.data_folder()).resolve() == SHARED_DATA.resolve()
+
+
 def test_xstest_harmbench_donotanswer_derta():
     xs = load_prompt_set("xstest", shared_file("xstest/xstest_prompts.csv"))
     assert {r.category for r in xs} == {"safe", "unsafe"} and len(xs) == 450

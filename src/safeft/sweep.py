@@ -193,7 +193,10 @@ def suite_prompts(suite: Any, specs: list[Any], limit: int | None = None) -> set
             prompts.add(json.dumps(["hub", spec.path, spec.options], sort_keys=True, default=str))
             continue
         records = load_prompt_set(
-            spec.set, str(suite.resolve(spec.path)) if spec.path else None, **spec.options
+            spec.set,
+            str(suite.resolve(spec.path)) if spec.path else None,
+            data_dir=suite.data_folder(),
+            **spec.options,
         )
         n = limit if limit is not None else (spec.limit if spec.limit is not None else suite.limit)
         prompts |= {normalise(r.prompt) for r in sample_records(records, n, suite.seed)}

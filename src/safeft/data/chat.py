@@ -32,6 +32,8 @@ class Example:
     # a token to push *down* at each position (IGNORE elsewhere): the refusal token inside helpful
     # answers, for DeRTa's guard term (``safeft.derta.loss``); None = no such column
     avoid: list[int] | None = None
+    # the same inside refusals, after their first token (DeRTa's refusal guard); None = no such column
+    avoid_in_refusal: list[int] | None = None
 
     def as_features(self) -> dict:
         features = {
@@ -42,6 +44,8 @@ class Example:
         }
         if self.avoid is not None:
             features["avoid"] = self.avoid
+        if self.avoid_in_refusal is not None:
+            features["avoid_in_refusal"] = self.avoid_in_refusal
         return features
 
 

@@ -70,7 +70,10 @@ class AlignBudget:
     ran with them, and its results are reported whatever they are (README "The demo": in session 23's run
     DeRTa looped on 7-14 of 24 harmful prompts per cell). The optimisation settings are
     recipes/derta_smollm2.yaml's (the first sweep's selection); fewer safety rows than the recipe's 64 for
-    the demo's time budget. ``recipes/demo/session16.yaml`` restores the earlier defaults."""
+    the demo's time budget. Since session 24 the refusal guard (``refusal_guard_weight`` 1.0, not in
+    the selection's recipe) keeps DeRTa from restarting its refusals ("SorrySorry..."), chosen on the
+    validation suite ``suites/demo_validation.yaml``, never on the demo's own prompts.
+    ``recipes/demo/session23.yaml`` and ``recipes/demo/session16.yaml`` restore earlier defaults."""
 
     epochs: float = 2.0
     batch_size: int = 4  # 4 rows per step: ~100 optimizer steps on this data (16 per step gave 24: too few)
@@ -88,6 +91,9 @@ class AlignBudget:
     prefix_zero_fraction: float = 2 / 3
     decision_weight: float = 0.3
     guard_weight: float = 3.0
+    # g_r L_refusal_guard: no second "Sorry" inside a refusal (session 24, chosen on
+    # suites/demo_validation.yaml by a rule written before the run: README "The demo")
+    refusal_guard_weight: float = 1.0
     save_steps: int = 20
     # dataset | self | both (safeft.derta.on_policy); vanilla SFT trains on no h, but keeps the questions
     # DeRTa keeps (the same cached answers)

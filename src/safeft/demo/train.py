@@ -100,6 +100,7 @@ def train_alignment(
         rto_weight=a.rto_weight,
         decision_weight=a.decision_weight,
         guard_weight=a.guard_weight,
+        refusal_guard_weight=a.refusal_guard_weight,
         prefix_zero_fraction=a.prefix_zero_fraction,
         helpful_ratio=a.helpful_per_triple,
         lora=LoraSettings(r=a.lora_r, alpha=a.lora_alpha, target_modules=list(ALL_LINEAR)),

@@ -50,6 +50,14 @@ class DeRTaLossSettings:
             "helpful rows (no 'Sorry' inside a benign answer); 0 = off (a safeft option, not in the paper)"
         },
     )
+    refusal_guard_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "g_r of an added g_r * L_refusal_guard: unlikelihood of the refusal token inside each "
+            "MLE refusal after its first token, end of turn included (no second 'Sorry' once the model has "
+            "refused); 0 = off (a safeft option, not in the paper)"
+        },
+    )
 
     def validate_loss(self) -> None:
         if not 0.0 < self.rto_keep_ratio <= 1.0:
@@ -58,6 +66,8 @@ class DeRTaLossSettings:
             raise ConfigError(f"decision_weight must be >= 0, got {self.decision_weight}")
         if self.guard_weight < 0:
             raise ConfigError(f"guard_weight must be >= 0, got {self.guard_weight}")
+        if self.refusal_guard_weight < 0:
+            raise ConfigError(f"refusal_guard_weight must be >= 0, got {self.refusal_guard_weight}")
         if self.rto_weight < 0:
             raise ConfigError(f"rto_weight must be >= 0, got {self.rto_weight}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:

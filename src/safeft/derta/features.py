@@ -129,6 +129,30 @@ def encode_rto_row(
     return Example(input_ids, targets, kinds, triple.origin, "rto")
 
 
+def guard_column(ex: Example, refusal_token_id: int) -> list[int]:
+    """``refusal_token_id`` at the MLE positions of a helpful row where its own target is not that token,
+    ``IGNORE`` elsewhere (the ``avoid`` column)."""
+    helpful = ex.row_type == "helpful"
+    return [
+        refusal_token_id if helpful and kind == KIND_MLE and target != refusal_token_id else IGNORE
+        for kind, target in zip(ex.kinds, ex.targets, strict=True)
+    ]
+
+
+def refusal_guard_column(ex: Example, refusal_token_id: int) -> list[int]:
+    """``refusal_token_id`` at the MLE positions of a safety row after its first one (the refusal after
+    its first token, end of turn included) where the row's own target is not that token, ``IGNORE``
+    elsewhere (the ``avoid_in_refusal`` column)."""
+    avoid = [IGNORE] * len(ex.kinds)
+    if ex.row_type != "prefix":
+        return avoid
+    answer = [t for t, kind in enumerate(ex.kinds) if kind == KIND_MLE]
+    for t in answer[1:]:
+        if ex.targets[t] != refusal_token_id:
+            avoid[t] = refusal_token_id
+    return avoid
+
+
 def build_derta_examples(
     triples: list[SafetyTriple],
     helpful: list[HelpfulPair],
@@ -141,6 +165,7 @@ def build_derta_examples(
     max_length: int = 512,
     seed: int = 0,
     guard: bool = False,
+    refusal_guard: bool = False,
 ) -> tuple[list[Example], DeRTaRowStats]:
     """All training rows of a DeRTa run: every helpful row, and per safety triple one MLE safety row and
     one RTO row (the official mix, ``generate_training_data.py``: ``Sorry_data[:3000] +
@@ -155,7 +180,10 @@ def build_derta_examples(
 
     ``guard=True`` gives every row an ``avoid`` column for the guard term (``loss.py``): the refusal
     token at each answer position of a helpful row (except where the answer's own next token is it),
-    ``IGNORE`` elsewhere, so safety rows are never guarded.
+    ``IGNORE`` elsewhere. ``refusal_guard=True`` gives every row an ``avoid_in_refusal`` column for the
+    refusal guard: the refusal token at each position of an MLE safety row after its first (the rest of
+    the refusal and its end of turn: a refusal, once started, is not restarted with a second "Sorry").
+    RTO rows are never guarded.
     """
     rng = random.Random(seed)
     stats = DeRTaRowStats()
@@ -185,12 +213,9 @@ def build_derta_examples(
             examples.append(row)
     for ex in examples:
         if guard:
-            ex.avoid = [
-                refusal_token_id
-                if ex.row_type == "helpful" and kind == KIND_MLE and target != refusal_token_id
-                else IGNORE
-                for kind, target in zip(ex.kinds, ex.targets, strict=True)
-            ]
+            ex.avoid = guard_column(ex, refusal_token_id)
+        if refusal_guard:
+            ex.avoid_in_refusal = refusal_guard_column(ex, refusal_token_id)
         stats.rows[ex.row_type] += 1
         stats.rto_positions += sum(1 for k in ex.kinds if k == KIND_RTO)
         stats.mle_tokens += sum(1 for k in ex.kinds if k == KIND_MLE)

@@ -28,6 +28,18 @@ harmful text; nothing in the paper's loss lowers it after benign text, where MLE
 answer's own token. The guard states the contrast: refuse mid-answer after harmful text, never after
 benign text.
 
+``refusal_guard_weight`` g_r (a safeft option, not in the paper; 0 = off) adds ``g_r L_refusal_guard``,
+the same unlikelihood inside the refusals:
+
+    L_refusal_guard = -(1/|G_r|) sum_{t in G_r} log(1 - p(r | x_<=t)),
+    G_r = the positions of each MLE refusal after its first token, end of turn included
+
+(the ``avoid_in_refusal`` column, ``build_derta_examples(refusal_guard=True)``). RTO teaches "r after any
+harmful text"; a refusal that follows harmful text is itself such text, and with few safety rows a small
+model answers "Sorry, I can't help with that.Sorry, I can't ..." or "...SorrySorrySorry" instead of
+going on with the refusal and ending its turn. Its own mean keeps these few positions from drowning in
+the helpful rows' guard positions.
+
 ``rto_keep_ratio`` is the share of RTO positions trained per step. ``1.0`` is the paper's formula (every
 position) and what the official LoRA script does (RobustNLP/DeRTa ``run_files/run_clm_lora_derta_llama.py``
 sets the label of every answer position of a ``safe`` row to the refusal token); the official full
@@ -56,12 +68,23 @@ class DeRTaLoss:
     rto_tokens: int
     first_loss: float | None = None  # L_first, with decision_weight > 0
     guard_loss: float | None = None  # L_guard, with guard_weight > 0
+    refusal_guard_loss: float | None = None  # L_refusal_guard, with refusal_guard_weight > 0
 
 
 def first_supervised(kinds: torch.Tensor) -> torch.Tensor:
     """``[B, T]`` bool: the first position of each row with a target (kind MLE or RTO)."""
     supervised = kinds != KIND_NONE
     return supervised & (supervised.int().cumsum(dim=1) == 1)
+
+
+def unlikelihood(
+    logits: torch.Tensor, avoid: torch.Tensor, select: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
+    """``-log(1 - p(avoid_t | x_<=t))`` at ``positions`` (``[B, T]`` bool, within ``select``); ``logits``
+    holds the selected positions only, in ``select``'s order."""
+    at = positions[select]
+    log_p = torch.log_softmax(logits[at], dim=-1).gather(1, avoid[select][at].unsqueeze(1)).squeeze(1)
+    return -torch.log(-torch.expm1(log_p.clamp(max=-1e-6)))  # log(1 - p) = log(-expm1(log p)), p < 1
 
 
 def derta_loss(
@@ -72,6 +95,7 @@ def derta_loss(
     rto_weight: float = 1.0,
     decision_weight: float = 0.0,
     guard_weight: float = 0.0,
+    refusal_guard_weight: float = 0.0,
 ) -> DeRTaLoss:
     kinds, targets = batch["kinds"], batch["targets"]
     if guard_weight and "avoid" not in batch:
@@ -79,13 +103,19 @@ def derta_loss(
             "guard_weight > 0 needs rows with an 'avoid' column: build them with "
             "build_derta_examples(..., guard=True)"
         )
+    if refusal_guard_weight and "avoid_in_refusal" not in batch:
+        raise ValueError(
+            "refusal_guard_weight > 0 needs rows with an 'avoid_in_refusal' column: build them with "
+            "build_derta_examples(..., refusal_guard=True)"
+        )
     mle = kinds == KIND_MLE
     rto = kinds == KIND_RTO
     if rto_keep_ratio < 1.0:
         rto = rto & (torch.rand(kinds.shape, device=kinds.device) < rto_keep_ratio)
     first = first_supervised(kinds) if decision_weight else torch.zeros_like(mle)
     guarded = batch["avoid"] != IGNORE if guard_weight else torch.zeros_like(mle)
-    select = mle | rto | first | guarded  # a first position the RTO draw dropped joins L_first only
+    in_refusal = batch["avoid_in_refusal"] != IGNORE if refusal_guard_weight else torch.zeros_like(mle)
+    select = mle | rto | first | guarded | in_refusal  # a first position the RTO draw dropped: L_first only
     if not bool(select.any()):
         # Nothing supervised survived the draw. Still run the forward through ``model`` (DDP expects a
         # forward + backward on every rank each step) and return a zero loss on one position.
@@ -114,15 +144,15 @@ def derta_loss(
         first_part = losses[first[select]]
         loss = loss + decision_weight * first_part.mean()
         first_loss = float(first_part.detach().mean())
-    guard_loss = None
+    guard_loss = refusal_guard_loss = None
     if guard_weight and bool(guarded.any()):
-        at = guarded[select]
-        log_probs = torch.log_softmax(logits[at], dim=-1)
-        log_p = log_probs.gather(1, batch["avoid"][select][at].unsqueeze(1)).squeeze(1)
-        # log(1 - p) = log(-expm1(log p)), clamped away from p = 1
-        guard_part = -torch.log(-torch.expm1(log_p.clamp(max=-1e-6)))
+        guard_part = unlikelihood(logits, batch["avoid"], select, guarded)
         loss = loss + guard_weight * guard_part.mean()
         guard_loss = float(guard_part.detach().mean())
+    if refusal_guard_weight and bool(in_refusal.any()):
+        refusal_part = unlikelihood(logits, batch["avoid_in_refusal"], select, in_refusal)
+        loss = loss + refusal_guard_weight * refusal_part.mean()
+        refusal_guard_loss = float(refusal_part.detach().mean())
     with torch.no_grad():
         accuracy = None
         if n_rto:
@@ -136,4 +166,5 @@ def derta_loss(
         rto_tokens=n_rto,
         first_loss=first_loss,
         guard_loss=guard_loss,
+        refusal_guard_loss=refusal_guard_loss,
     )

@@ -144,6 +144,7 @@ class DeRTaTrainer(SafeFTTrainer):
             cfg.rto_weight,
             cfg.decision_weight,
             cfg.guard_weight,
+            cfg.refusal_guard_weight,
         )
         return out.loss, {
             "mle_loss": out.mle_loss,
@@ -151,6 +152,7 @@ class DeRTaTrainer(SafeFTTrainer):
             "rto_accuracy": out.rto_accuracy,
             "first_loss": out.first_loss,
             "guard_loss": out.guard_loss,
+            "refusal_guard_loss": out.refusal_guard_loss,
         }
 
 
@@ -313,6 +315,7 @@ def train_derta(config: DeRTaConfig) -> dict:
         max_length=config.max_length,
         seed=config.seed,
         guard=config.guard_weight > 0,
+        refusal_guard=config.refusal_guard_weight > 0,
     )
     data_stats = stats.as_dict() | {"harmful_answers": answer_stats.as_dict()}
     log.info("DeRTa rows: %s", data_stats)

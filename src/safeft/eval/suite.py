@@ -132,6 +132,11 @@ class EvalSuite:
         if dupes:
             raise ConfigError(f"safety sets share the label(s) {dupes}; give each a distinct 'name:'")
 
+    def data_folder(self) -> str | None:
+        """The resolved ``data_dir`` (where the ``safeft`` set finds sources that only the data folder
+        holds, e.g. ``derta_malicious``), or None."""
+        return str(expand_path(self.data_dir, Path(self.base_dir))) if self.data_dir else None
+
     def resolve(self, path: str) -> Path:
         """A set/task path: ``$VARS`` expanded, relative to ``data_dir`` (itself relative to the suite)."""
         base = Path(self.base_dir)

@@ -260,8 +260,8 @@ def use_bf16(precision: str) -> bool:
 
 
 class PaddingCollator:
-    """Right-pads ``input_ids`` / ``targets`` / ``kinds`` (and ``avoid``, where the rows have it) to the
-    longest row of the batch."""
+    """Right-pads ``input_ids`` / ``targets`` / ``kinds`` (and ``avoid`` / ``avoid_in_refusal``, where the
+    rows have them) to the longest row of the batch."""
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 8) -> None:
         self.pad_token_id = pad_token_id
@@ -278,9 +278,10 @@ class PaddingCollator:
             "kinds": torch.full((n, longest), KIND_NONE, dtype=torch.long),
         }
         padded = ["targets", "kinds"]
-        if "avoid" in rows[0]:
-            batch["avoid"] = torch.full((n, longest), IGNORE, dtype=torch.long)
-            padded.append("avoid")
+        for column in ("avoid", "avoid_in_refusal"):
+            if column in rows[0]:
+                batch[column] = torch.full((n, longest), IGNORE, dtype=torch.long)
+                padded.append(column)
         for i, r in enumerate(rows):
             m = len(r["input_ids"])
             batch["input_ids"][i, :m] = torch.as_tensor(r["input_ids"])
