@@ -162,20 +162,25 @@ def test_the_guard_term_is_the_unlikelihood_of_the_refusal_token_at_helpful_posi
     assert (guarded.mle_tokens, guarded.rto_tokens) == (plain.mle_tokens, plain.rto_tokens)
 
 
-def test_training_with_the_guard_leaves_less_refusal_probability_inside_helpful_answers():
-    b = guarded_batch()
-    at = b["avoid"] != IGNORE
+def p_sorry_after_training(b: dict[str, torch.Tensor], column: str, weight_name: str) -> dict[float, float]:
+    """Mean p(SORRY) at the positions of ``b[column]`` after 5 SGD steps with the term off and on."""
+    at = b[column] != IGNORE
     p_sorry = {}
     for weight in (0.0, 1.0):
         model = make_tiny_model(VOCAB)  # same seed, same initial weights
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
         for _ in range(5):
             opt.zero_grad()
-            derta_loss(model, b, guard_weight=weight).loss.backward()
+            derta_loss(model, b, **{weight_name: weight}).loss.backward()
             opt.step()
         with torch.no_grad():
             _, logits = dense_losses(model, b)
         p_sorry[weight] = float(torch.softmax(logits[at], dim=-1)[:, SORRY].mean())
+    return p_sorry
+
+
+def test_training_with_the_guard_leaves_less_refusal_probability_inside_helpful_answers():
+    p_sorry = p_sorry_after_training(guarded_batch(), "avoid", "guard_weight")
     assert p_sorry[1.0] < p_sorry[0.0]
 
 
@@ -228,17 +233,5 @@ def test_the_refusal_guard_is_its_own_mean_of_the_unlikelihood_inside_refusals()
 
 
 def test_training_with_the_refusal_guard_lowers_the_refusal_token_inside_the_refusal():
-    b = refusal_guarded_batch()
-    at = b["avoid_in_refusal"] != IGNORE
-    p_sorry = {}
-    for weight in (0.0, 1.0):
-        model = make_tiny_model(VOCAB)  # same seed, same initial weights
-        opt = torch.optim.SGD(model.parameters(), lr=0.5)
-        for _ in range(5):
-            opt.zero_grad()
-            derta_loss(model, b, refusal_guard_weight=weight).loss.backward()
-            opt.step()
-        with torch.no_grad():
-            _, logits = dense_losses(model, b)
-        p_sorry[weight] = float(torch.softmax(logits[at], dim=-1)[:, SORRY].mean())
+    p_sorry = p_sorry_after_training(refusal_guarded_batch(), "avoid_in_refusal", "refusal_guard_weight")
     assert p_sorry[1.0] < p_sorry[0.0]
