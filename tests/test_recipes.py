@@ -46,6 +46,22 @@ def test_vanilla_baseline_matches_the_derta_recipe_row_for_row(derta_file, vanil
     assert (vanilla["prefix"], vanilla["rto"]) == (False, False)
 
 
+def test_vanilla_baseline_of_the_selection_has_its_rows_and_no_safeft_terms():
+    """Session 24's vanilla baseline: the selected `_d03_dna_look_g3` recipe but for the vanilla switches,
+    safeft's loss terms off and the first headline seed."""
+    derta, _ = _load("derta_smollm2_onpolicy_alpaca_howto_z67_d03_dna_look_g3.yaml")
+    vanilla, _ = _load("vanilla_sft_smollm2_dna_look.yaml")
+    differ = sorted(k for k in set(derta) | set(vanilla) if derta.get(k) != vanilla.get(k))
+    assert differ == ["decision_weight", "guard_weight", "output_dir", "prefix", "rto", "seed"]
+    assert [vanilla[k] for k in ("prefix", "rto", "decision_weight", "guard_weight", "seed")] == [
+        False,
+        False,
+        0.0,
+        0.0,
+        2,
+    ]
+
+
 def test_official_lora_recipe_carries_the_cited_values():
     derta, _ = _load("derta_smollm2.yaml")
     official, cfg = _load("derta_official_lora_smollm2.yaml")
