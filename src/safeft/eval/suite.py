@@ -139,10 +139,7 @@ class EvalSuite:
 
     def resolve(self, path: str) -> Path:
         """A set/task path: ``$VARS`` expanded, relative to ``data_dir`` (itself relative to the suite)."""
-        base = Path(self.base_dir)
-        if self.data_dir:
-            base = expand_path(self.data_dir, base)
-        return expand_path(path, base)
+        return expand_path(path, Path(self.data_folder() or self.base_dir))
 
 
 def load_suite(path: str | Path, data_dir: str | None = None) -> EvalSuite:
